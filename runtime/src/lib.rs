@@ -1,0 +1,1 @@
+//! `strata run`, the container runtime. Not built yet: see the runtime issue.

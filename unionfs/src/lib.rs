@@ -1,0 +1,19 @@
+//! stratafs: a union filesystem in userspace with the semantics and on-disk format of the
+//! kernel's overlayfs.
+//!
+//! Module map: `options` (what the user asked for), `cli` (parsing and validating the command
+//! line), `sys` (every raw syscall and `unsafe`), `layers` (the layer stack and path resolution
+//! inside a layer), `whiteout` (whiteout and opaque markers), `inodes` (FUSE inode table),
+//! `readdir` (merged directory listings), `copy_up`, `fs` (the FUSE glue) and `mount` (mounting,
+//! daemonizing, unmounting).
+
+pub mod cli;
+pub mod copy_up;
+pub mod fs;
+pub mod inodes;
+pub mod layers;
+pub mod mount;
+pub mod options;
+pub mod readdir;
+pub mod sys;
+pub mod whiteout;

@@ -1,0 +1,1 @@
+//! Mounting, daemonizing and unmounting.

@@ -1,0 +1,81 @@
+//! What the user asked for, once parsed. Produced by `cli`, consumed by `layers`, `fs` and `mount`.
+
+use std::path::PathBuf;
+
+/// Which xattr namespace carries overlay markers (opaque, whiteout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNamespace {
+    /// `trusted.overlay.*`, as the kernel without `userxattr`.
+    Trusted,
+    /// `user.overlay.*`, as the kernel with `userxattr` (rootless).
+    User,
+}
+
+impl XattrNamespace {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            XattrNamespace::Trusted => "trusted.overlay.",
+            XattrNamespace::User => "user.overlay.",
+        }
+    }
+}
+
+/// Everything needed to mount one stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lower layers, topmost first (as in `lowerdir=TOP:...:BOTTOM`).
+    pub lowerdirs: Vec<PathBuf>,
+    /// Writable layer; `None` mounts the stack read-only.
+    pub upperdir: Option<PathBuf>,
+    /// Scratch directory on the upper's filesystem; present iff `upperdir` is.
+    pub workdir: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (`-f`).
+    pub foreground: bool,
+    /// Log every request (`-d`).
+    pub debug: bool,
+    /// Verbosity from `-v` (repeatable).
+    pub verbose: u8,
+    /// `allow_other`: let other users see the mount (default when root).
+    pub allow_other: bool,
+    /// Mount read-only even with an upper layer (`ro`).
+    pub read_only: bool,
+    /// Generic VFS flags passed by `mount`: `nodev`, `nosuid`, `noexec`, `noatime`...
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    /// Marker namespace; `None` means decide at mount time (trusted when permitted).
+    pub xattr_ns: Option<XattrNamespace>,
+    /// Worker threads serving FUSE requests.
+    pub threads: usize,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+}
+
+impl Options {
+    pub fn new(lowerdirs: Vec<PathBuf>, mountpoint: PathBuf) -> Self {
+        Options {
+            lowerdirs,
+            upperdir: None,
+            workdir: None,
+            mountpoint,
+            foreground: false,
+            debug: false,
+            verbose: 0,
+            allow_other: false,
+            read_only: false,
+            nodev: false,
+            nosuid: false,
+            noexec: false,
+            noatime: false,
+            xattr_ns: None,
+            threads: 4,
+            fsname: "stratafs".to_string(),
+        }
+    }
+
+    pub fn writable(&self) -> bool {
+        self.upperdir.is_some() && !self.read_only
+    }
+}

@@ -1,0 +1,1 @@
+//! Raw syscalls for mounting and unmounting (owned by the mount lifecycle).
