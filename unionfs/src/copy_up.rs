@@ -1,1 +1,279 @@
-//! TODO
+//! Copy-up: the first change to a lower entry copies it (and any missing parent directory) to
+//! the upper layer. The copy is built in `workdir/work` under a temporary name, complete with
+//! data, xattrs, owner, mode and times, then renamed into place: no reader and no crash ever sees
+//! a half-copied file.
+
+use crate::inodes::{Inodes, ROOT};
+use crate::layers::{is_dir, join, Layers};
+use crate::sys;
+use parking_lot::Mutex;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const STRIPES: usize = 64;
+
+pub struct CopyUp {
+    /// Serialises copy-ups of one node (striped by node id); never two held at once.
+    locks: Vec<Mutex<()>>,
+    counter: AtomicU64,
+    /// Skip the fsync of copied data (the `volatile` option).
+    pub volatile: bool,
+}
+
+impl Default for CopyUp {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl CopyUp {
+    pub fn new(volatile: bool) -> Self {
+        CopyUp {
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            counter: AtomicU64::new(0),
+            volatile,
+        }
+    }
+
+    /// A fresh name for a temporary entry in the work directory.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#s{:x}.{:x}", std::process::id(), n))
+    }
+
+    /// Makes sure node `ino` exists in the upper layer, copying it and its parents up as needed.
+    pub fn ensure_upper(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<()> {
+        if !layers.has_upper {
+            return Err(sys::err(libc::EROFS));
+        }
+        // Parents first, top-down, each under its own lock.
+        let mut chain = Vec::new();
+        let mut cur = ino;
+        loop {
+            let info = inodes.get(cur).ok_or_else(|| sys::err(libc::ESTALE))?;
+            if layers.is_upper(info.layers[0]) {
+                break;
+            }
+            if cur == ROOT {
+                return Err(sys::err(libc::EROFS));
+            }
+            chain.push(cur);
+            cur = info.parent;
+        }
+        for &n in chain.iter().rev() {
+            self.copy_up_one(layers, inodes, n)?;
+        }
+        Ok(())
+    }
+
+    fn copy_up_one(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<()> {
+        let _guard = self.locks[(ino as usize) % STRIPES].lock();
+        let (path, info) = inodes.path(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
+        if layers.is_upper(info.layers[0]) {
+            return Ok(());
+        }
+        if info.unlinked {
+            return Err(sys::err(libc::ENOENT));
+        }
+        let parent_rel = parent_of(&path);
+        let src_layer = info.layers[0];
+        let src_dir = layers.dir(src_layer, parent_rel)?;
+        let src = sys::openat(
+            src_dir.fd(),
+            &info.name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let st = sys::fstat(src.as_fd())?;
+        let upper_dir = layers.dir(0, parent_rel)?;
+        let parent_st = sys::fstat(upper_dir.fd())?;
+        let work = layers.work()?;
+        let tmp = self.temp_name();
+        let res = self.build_copy(layers, src_dir.fd(), &info.name, &src, &st, work, &tmp);
+        let res = res.and_then(|_| {
+            sys::renameat2(work, &tmp, upper_dir.fd(), &info.name, sys::RENAME_NOREPLACE)
+        });
+        if let Err(e) = res {
+            let _ = crate::layers::remove_tree(work, &tmp);
+            return Err(e);
+        }
+        // Adding an entry to the upper parent is not a change the user made to it.
+        restore_times(upper_dir.fd(), &parent_st);
+        let mut new_layers = vec![0];
+        if is_dir(&st) {
+            new_layers.extend(info.layers.iter().copied());
+        }
+        inodes.set_layers(ino, new_layers);
+        log::debug!("copied up {:?}", join(parent_rel, &info.name));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        layers: &Layers,
+        src_dir: BorrowedFd,
+        name: &OsStr,
+        src: &OwnedFd,
+        st: &sys::Stat,
+        work: BorrowedFd,
+        tmp: &OsStr,
+    ) -> io::Result<()> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        match fmt {
+            libc::S_IFREG => {
+                let data = sys::openat(src_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                let dst = sys::openat(
+                    work,
+                    tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )?;
+                copy_data(data.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                if !self.volatile {
+                    sys::fsync(dst.as_fd(), false)?;
+                }
+            }
+            libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(src_dir, name)?;
+                sys::symlinkat(&target, work, tmp)?;
+            }
+            _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
+        }
+        let dst = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        copy_xattrs(layers, src.as_fd(), dst.as_fd())?;
+        copy_attrs(dst.as_fd(), st)
+    }
+}
+
+/// Owner, mode (after the owner: chown clears set-id bits) and times of `st` onto `dst`.
+pub fn copy_attrs(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
+    sys::fchown(dst, Some(st.st_uid), Some(st.st_gid))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        sys::fchmod_path(dst, st.st_mode & 0o7777)?;
+    }
+    sys::futimens_path(
+        dst,
+        sys::Time::Set(st.st_atime, st.st_atime_nsec),
+        sys::Time::Set(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+pub fn restore_times(dir: BorrowedFd, st: &sys::Stat) {
+    let _ = sys::futimens_path(
+        dir,
+        sys::Time::Set(st.st_atime, st.st_atime_nsec),
+        sys::Time::Set(st.st_mtime, st.st_mtime_nsec),
+    );
+}
+
+/// The parent part of a relative path ("" for a top-level name).
+pub fn parent_of(path: &OsStr) -> &OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    let b = path.as_bytes();
+    match b.iter().rposition(|&c| c == b'/') {
+        Some(i) => OsStr::from_bytes(&b[..i]),
+        None => OsStr::new(""),
+    }
+}
+
+/// Copies every xattr but overlay's private ones. Namespaces the upper filesystem or our
+/// privileges refuse (e.g. `security.*` without CAP_SYS_ADMIN) are skipped, as the kernel does.
+fn copy_xattrs(layers: &Layers, src: BorrowedFd, dst: BorrowedFd) -> io::Result<()> {
+    let list = match sys::flistxattr(src) {
+        Ok(l) => l,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for raw in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        use std::os::unix::ffi::OsStrExt;
+        let name = OsStr::from_bytes(raw);
+        if layers.is_private_xattr(name) {
+            continue;
+        }
+        let value = match sys::fgetxattr(src, name) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::fsetxattr(dst, name, &value, 0) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
+                log::debug!("copy-up: xattr {:?} not copied: {}", name, e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copies `size` bytes: a reflink where the filesystem offers it, else `copy_file_range` over
+/// the data extents only (holes stay holes), else read/write.
+pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < size {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(_) => off,
+        };
+        let end = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        copy_range(src, dst, data, end)?;
+        off = end;
+    }
+    sys::ftruncate(dst, size)
+}
+
+fn copy_range(src: BorrowedFd, dst: BorrowedFd, mut off: u64, end: u64) -> io::Result<()> {
+    let mut fallback = false;
+    let mut buf = Vec::new();
+    while off < end {
+        let len = ((end - off) as usize).min(1 << 30);
+        if !fallback {
+            match sys::copy_file_range(src, off, dst, len) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    off += n as u64;
+                    continue;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV)
+                            | Some(libc::EINVAL)
+                            | Some(libc::ENOSYS)
+                            | Some(libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    fallback = true;
+                    buf.resize(1 << 20, 0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = sys::pread(src, &mut buf[..len.min(1 << 20)], off)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut w = 0;
+        while w < n {
+            w += sys::pwrite(dst, &buf[w..n], off + w as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}

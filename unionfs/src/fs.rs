@@ -1,15 +1,1256 @@
-//! The FUSE glue: `StrataFs` implements `fuser::Filesystem` over the layer stack.
+//! The FUSE glue: `StrataFs` implements `fuser::Filesystem` over the layer stack. Every request
+//! turns into `*at()` calls on layer directory fds; every error becomes an errno reply.
 
+use crate::copy_up::{parent_of, CopyUp};
+use crate::inodes::{Inodes, NodeInfo, ROOT};
+use crate::layers::{is_dir, join, LayerIdx, Layers};
 use crate::options::Options;
+use crate::readdir::{self, MergedEntry};
+use crate::sys;
+use crate::whiteout;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub struct StrataFs {}
+type Res<T> = Result<T, io::Error>;
 
-impl StrataFs {
-    /// Opens the layers named in `opts` and prepares the workdir. Errors name the problem.
-    pub fn new(_opts: &Options) -> io::Result<StrataFs> {
-        Ok(StrataFs {})
+/// An open file: the real fd and the layer it was opened in. A read-only fd of a lower file is
+/// reopened from the upper layer once the file has been copied up, as the kernel's overlay does.
+struct Handle {
+    ino: u64,
+    flags: i32,
+    file: RwLock<(OwnedFd, LayerIdx)>,
+}
+
+struct DirHandle {
+    ino: u64,
+    entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
+}
+
+pub struct StrataFs {
+    layers: Layers,
+    inodes: Inodes,
+    copy: CopyUp,
+    files: RwLock<HashMap<u64, Arc<Handle>>>,
+    dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+    writable: bool,
+    ttl: Duration,
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(sys::errno(&e))
+}
+
+fn systime(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::from_nanos(nsec as u64)
     }
 }
 
-impl fuser::Filesystem for StrataFs {}
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dt_type(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The attributes overlay reports: the real file's, but a merged directory has nlink 1 (as the
+/// kernel's overlay: counting subdirectories across layers is not worth it).
+fn attr(st: &sys::Stat, merged: bool) -> FileAttr {
+    let nlink = if merged && is_dir(st) {
+        1
+    } else {
+        st.st_nlink as u32
+    };
+    FileAttr {
+        ino: INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: systime(st.st_atime, st.st_atime_nsec),
+        mtime: systime(st.st_mtime, st.st_mtime_nsec),
+        ctime: systime(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_of(t: Option<TimeOrNow>) -> sys::Time {
+    match t {
+        None => sys::Time::Omit,
+        Some(TimeOrNow::Now) => sys::Time::Now,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => sys::Time::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if ns == 0 {
+                    sys::Time::Set(-s, 0)
+                } else {
+                    sys::Time::Set(-s - 1, 1_000_000_000 - ns)
+                }
+            }
+        },
+    }
+}
+
+/// What to create in the upper layer.
+enum NewKind<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+impl StrataFs {
+    /// Opens the layers named in `opts` and prepares the workdir. Errors name the problem.
+    pub fn new(opts: &Options) -> io::Result<StrataFs> {
+        let layers = Layers::open_stack(opts).map_err(|e| io::Error::other(e.to_string()))?;
+        // Modes of new files come from the kernel already masked; ours must not mask them again.
+        sys::umask(0);
+        let root_layers: Vec<LayerIdx> = (0..layers.layers.len()).collect();
+        Ok(StrataFs {
+            writable: opts.writable(),
+            inodes: Inodes::new(root_layers),
+            layers,
+            copy: CopyUp::new(false),
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ttl: Duration::from_secs(1),
+        })
+    }
+
+    fn node(&self, ino: u64) -> Res<(OsString, NodeInfo)> {
+        self.inodes.path(ino).ok_or_else(|| sys::err(libc::ESTALE))
+    }
+
+    fn check_writable(&self) -> Res<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(sys::err(libc::EROFS))
+        }
+    }
+
+    /// Any open fd of node `ino` (for a node no longer reachable by name).
+    fn any_fd_of(&self, ino: u64) -> Option<OwnedFd> {
+        let files = self.files.read();
+        files
+            .values()
+            .find(|h| h.ino == ino)
+            .and_then(|h| sys::dup(h.file.read().0.as_fd()).ok())
+    }
+
+    /// An `O_PATH` fd of the node's topmost entry, or of an open fd if it was unlinked.
+    fn node_fd(&self, ino: u64) -> Res<(OwnedFd, NodeInfo)> {
+        let (path, info) = self.node(ino)?;
+        if info.unlinked {
+            let fd = self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+            return Ok((fd, info));
+        }
+        let fd = self
+            .layers
+            .open(info.layers[0], &path, libc::O_PATH)?;
+        Ok((fd, info))
+    }
+
+    fn stat_node(&self, ino: u64) -> Res<(sys::Stat, NodeInfo)> {
+        let (path, info) = self.node(ino)?;
+        if info.unlinked {
+            let fd = self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?;
+            return Ok((sys::fstat(fd.as_fd())?, info));
+        }
+        let l = info.layers[0];
+        let st = if ino == ROOT {
+            sys::fstat(self.layers.root(l))?
+        } else {
+            let dir = self.layers.dir(l, parent_of(&path))?;
+            sys::fstatat(dir.fd(), &info.name)?
+        };
+        Ok((st, info))
+    }
+
+    fn reply_attr_of(&self, ino: u64) -> Res<FileAttr> {
+        let (st, info) = self.stat_node(ino)?;
+        Ok(attr(&st, info.layers.len() > 1))
+    }
+
+    fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(u64, FileAttr)> {
+        let (ppath, pinfo) = self.node(parent)?;
+        if !pinfo.is_dir {
+            return Err(sys::err(libc::ENOTDIR));
+        }
+        if name.len() > 255 {
+            return Err(sys::err(libc::ENAMETOOLONG));
+        }
+        let found = self
+            .layers
+            .lookup(&ppath, &pinfo.layers, name)?
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        let merged = found.layers.len() > 1;
+        let a = attr(&found.stat, merged);
+        let d = found.is_dir();
+        let ino = self.inodes.insert(parent, name, found.layers, d);
+        Ok((ino, a))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Res<(u64, FileAttr)>) {
+        match r {
+            Ok((ino, a)) => reply.entry_node(INodeNo(ino), &self.ttl, &self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Where a new entry goes: the parent is copied up first; a whiteout at the name is
+    /// replaced atomically.
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        kind: NewKind,
+    ) -> Res<(u64, FileAttr, Option<OwnedFd>)> {
+        self.check_writable()?;
+        if name.len() > 255 {
+            return Err(sys::err(libc::ENAMETOOLONG));
+        }
+        self.copy.ensure_upper(&self.layers, &self.inodes, parent)?;
+        let (ppath, _pinfo) = self.node(parent)?;
+        let udir = self.layers.dir(0, &ppath)?;
+        let over_whiteout = match sys::fstatat(udir.fd(), name) {
+            Ok(st) if whiteout::is_whiteout(&st) => true,
+            Ok(_) => return Err(sys::err(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) => return Err(e),
+        };
+        let pst = sys::fstat(udir.fd())?;
+        // A set-group-id directory hands its group down (the real mkdir/open does that).
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            None
+        } else {
+            Some(req.gid())
+        };
+        let uid = Some(req.uid());
+        let work = if over_whiteout {
+            Some(self.layers.work()?)
+        } else {
+            None
+        };
+        let tmp = self.copy.temp_name();
+        let (dir, cname): (BorrowedFd, &OsStr) = match work {
+            Some(w) => (w, &tmp),
+            None => (udir.fd(), name),
+        };
+        let mut file = None;
+        let is_directory = matches!(kind, NewKind::Dir { .. });
+        let setid_mode = match &kind {
+            NewKind::File { mode, .. } | NewKind::Dir { mode } | NewKind::Node { mode, .. } => {
+                Some(*mode)
+            }
+            NewKind::Symlink { .. } => None,
+        };
+        match kind {
+            NewKind::File { mode, flags } => {
+                let f = sys::openat(
+                    dir,
+                    cname,
+                    open_flags(flags) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    mode & 0o7777,
+                )?;
+                file = Some(f);
+            }
+            NewKind::Dir { mode } => sys::mkdirat(dir, cname, mode & 0o7777)?,
+            NewKind::Node { mode, rdev } => sys::mknodat(dir, cname, mode, rdev)?,
+            NewKind::Symlink { target } => sys::symlinkat(target, dir, cname)?,
+        }
+        let finish = || -> Res<()> {
+            let fd = sys::openat(dir, cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            sys::fchown(fd.as_fd(), uid, gid)?;
+            // chown clears set-id bits; the mode asked for (already vetted by the kernel) stands.
+            if let Some(m) = setid_mode {
+                if m & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    let st = sys::fstat(fd.as_fd())?;
+                    sys::fchmod_path(fd.as_fd(), (st.st_mode & !0o7777) | (m & 0o7777))?;
+                }
+            }
+            if let Some(w) = work {
+                if is_directory {
+                    whiteout::set_opaque(fd.as_fd(), &self.layers.opaque_xattr())?;
+                    sys::renameat2(w, &tmp, udir.fd(), name, sys::RENAME_EXCHANGE)?;
+                    sys::unlinkat(w, &tmp, false)?;
+                } else {
+                    sys::renameat2(w, &tmp, udir.fd(), name, 0)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = crate::layers::remove_tree(dir, cname);
+            return Err(e);
+        }
+        let st = sys::fstatat(udir.fd(), name)?;
+        let ino = self.inodes.insert(parent, name, vec![0], is_dir(&st));
+        Ok((ino, attr(&st, false), file))
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_file(&self, ino: u64, flags: i32, fd: OwnedFd, layer: LayerIdx) -> u64 {
+        let fh = self.new_fh();
+        self.files.write().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                flags,
+                file: RwLock::new((fd, layer)),
+            }),
+        );
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Res<Arc<Handle>> {
+        self.files
+            .read()
+            .get(&fh.0)
+            .cloned()
+            .ok_or_else(|| sys::err(libc::EBADF))
+    }
+
+    /// Runs `f` with the handle's current fd, first reopening a lower fd whose file has since
+    /// been copied up (so readers see the copy, and its later changes).
+    fn with_fd<T>(&self, h: &Handle, f: impl FnOnce(BorrowedFd) -> Res<T>) -> Res<T> {
+        {
+            let g = h.file.read();
+            if self.layers.is_upper(g.1) {
+                return f(g.0.as_fd());
+            }
+        }
+        let mut g = h.file.write();
+        if !self.layers.is_upper(g.1) {
+            if let Some((path, info)) = self.inodes.path(h.ino) {
+                if !info.unlinked && self.layers.is_upper(info.layers[0]) {
+                    let fd = self.layers.open(0, &path, open_flags(h.flags))?;
+                    *g = (fd, 0);
+                }
+            }
+        }
+        f(g.0.as_fd())
+    }
+
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Res<FileAttr> {
+        self.check_writable()?;
+        let info = self.inodes.get(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
+        if !info.unlinked {
+            self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
+        }
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        if let Some(size) = size {
+            match &handle {
+                Some(h) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                    self.with_fd(h, |fd| sys::ftruncate(fd, size))?
+                }
+                _ => {
+                    let (path, info) = self.node(ino)?;
+                    let fd = if info.unlinked {
+                        self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?
+                    } else {
+                        self.layers.open(0, &path, libc::O_WRONLY)?
+                    };
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        let (fd, _) = self.node_fd(ino)?;
+        if uid.is_some() || gid.is_some() {
+            sys::fchown(fd.as_fd(), uid, gid)?;
+        }
+        if let Some(mode) = mode {
+            sys::fchmod_path(fd.as_fd(), mode & 0o7777)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            sys::futimens_path(fd.as_fd(), time_of(atime), time_of(mtime))?;
+        }
+        self.reply_attr_of(ino)
+    }
+
+    /// Removes `name` from `parent` (a directory if `dir`), leaving a whiteout where a lower
+    /// layer has the name.
+    fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
+        self.check_writable()?;
+        let (ppath, pinfo) = self.node(parent)?;
+        let found = self
+            .layers
+            .lookup(&ppath, &pinfo.layers, name)?
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        match (dir, found.is_dir()) {
+            (true, false) => return Err(sys::err(libc::ENOTDIR)),
+            (false, true) => return Err(sys::err(libc::EISDIR)),
+            _ => {}
+        }
+        if dir && !readdir::is_empty(&self.layers, &join(&ppath, name), &found.layers)? {
+            return Err(sys::err(libc::ENOTEMPTY));
+        }
+        self.copy.ensure_upper(&self.layers, &self.inodes, parent)?;
+        let (ppath, pinfo) = self.node(parent)?;
+        let udir = self.layers.dir(0, &ppath)?;
+        let lower_pos = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
+        if self.layers.is_upper(found.layers[0]) {
+            if lower_pos {
+                self.replace_with_whiteout(udir.fd(), name)?;
+            } else if dir {
+                match sys::unlinkat(udir.fd(), name, true) {
+                    // Only whiteouts are left inside: move it away whole, then empty it.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                        let work = self.layers.work()?;
+                        let tmp = self.copy.temp_name();
+                        sys::renameat2(udir.fd(), name, work, &tmp, sys::RENAME_NOREPLACE)?;
+                        crate::layers::remove_tree(work, &tmp)?;
+                    }
+                    r => r?,
+                }
+            } else {
+                sys::unlinkat(udir.fd(), name, false)?;
+            }
+        } else {
+            whiteout::make_whiteout(udir.fd(), name)?;
+        }
+        self.inodes.unlink(parent, name);
+        Ok(())
+    }
+
+    /// Atomically swaps the upper entry `name` in `udir` for a whiteout, then deletes the entry.
+    fn replace_with_whiteout(&self, udir: BorrowedFd, name: &OsStr) -> Res<()> {
+        let work = self.layers.work()?;
+        let tmp = self.copy.temp_name();
+        match sys::renameat2(udir, name, work, &tmp, sys::RENAME_WHITEOUT) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
+                whiteout::make_whiteout(work, &tmp)?;
+                sys::renameat2(work, &tmp, udir, name, sys::RENAME_EXCHANGE)?;
+            }
+            Err(e) => return Err(e),
+        }
+        crate::layers::remove_tree(work, &tmp)
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
+        self.check_writable()?;
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
+            return Err(sys::err(libc::EINVAL));
+        }
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        if newname.len() > 255 {
+            return Err(sys::err(libc::ENAMETOOLONG));
+        }
+        let (ppath, pinfo) = self.node(parent)?;
+        let (nppath, npinfo) = self.node(newparent)?;
+        let src = self
+            .layers
+            .lookup(&ppath, &pinfo.layers, name)?
+            .ok_or_else(|| sys::err(libc::ENOENT))?;
+        let dst = self.layers.lookup(&nppath, &npinfo.layers, newname)?;
+        let pure_upper = |f: &crate::layers::Found| {
+            f.layers.len() == 1 && self.layers.is_upper(f.layers[0])
+        };
+        if src.is_dir() && !pure_upper(&src) {
+            return Err(sys::err(libc::EXDEV));
+        }
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        if let Some(d) = &dst {
+            if flags & sys::RENAME_NOREPLACE != 0 {
+                return Err(sys::err(libc::EEXIST));
+            }
+            if exchange && d.is_dir() && !pure_upper(d) {
+                return Err(sys::err(libc::EXDEV));
+            }
+            if !exchange {
+                match (src.is_dir(), d.is_dir()) {
+                    (true, false) => return Err(sys::err(libc::ENOTDIR)),
+                    (false, true) => return Err(sys::err(libc::EISDIR)),
+                    (true, true) => {
+                        if !readdir::is_empty(&self.layers, &join(&nppath, newname), &d.layers)? {
+                            return Err(sys::err(libc::ENOTEMPTY));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        } else if exchange {
+            return Err(sys::err(libc::ENOENT));
+        }
+        let src_ino = self
+            .inodes
+            .child(parent, name)
+            .unwrap_or_else(|| self.inodes.insert(parent, name, src.layers.clone(), src.is_dir()));
+        self.copy.ensure_upper(&self.layers, &self.inodes, src_ino)?;
+        self.copy
+            .ensure_upper(&self.layers, &self.inodes, newparent)?;
+        let dst_ino = match (&dst, exchange) {
+            (Some(d), true) => {
+                let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
+                    self.inodes
+                        .insert(newparent, newname, d.layers.clone(), d.is_dir())
+                });
+                self.copy.ensure_upper(&self.layers, &self.inodes, i)?;
+                Some(i)
+            }
+            _ => None,
+        };
+        let (ppath, pinfo) = self.node(parent)?;
+        let (nppath, npinfo) = self.node(newparent)?;
+        let sdir = self.layers.dir(0, &ppath)?;
+        let ddir = self.layers.dir(0, &nppath)?;
+        let src_lower = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
+        let dst_lower = self.layers.lower_positive(&nppath, &npinfo.layers, newname)?;
+        let opaque = self.layers.opaque_xattr();
+        let set_opaque = |dir: BorrowedFd, n: &OsStr| -> Res<()> {
+            let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY, 0)?;
+            whiteout::set_opaque(fd.as_fd(), &opaque)
+        };
+        // A directory landing where lower layers have the name must not merge with them.
+        if src.is_dir() && dst_lower {
+            set_opaque(sdir.fd(), name)?;
+        }
+        if exchange {
+            if let (Some(d), true) = (&dst, src_lower) {
+                if d.is_dir() {
+                    set_opaque(ddir.fd(), newname)?;
+                }
+            }
+            sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_EXCHANGE)?;
+            if let Some(d) = dst_ino {
+                self.inodes.exchange(src_ino, d);
+            }
+            return Ok(());
+        }
+        let dst_upper = match sys::fstatat(ddir.fd(), newname) {
+            Ok(st) => Some(st),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        match dst_upper {
+            Some(dst_st) if src.is_dir() => {
+                // A directory cannot be renamed over a whiteout or over a directory holding
+                // whiteouts: swap them, then deal with what is left at the source.
+                sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_EXCHANGE)?;
+                if whiteout::is_whiteout(&dst_st) {
+                    if !src_lower {
+                        sys::unlinkat(sdir.fd(), name, false)?;
+                    }
+                } else if src_lower {
+                    self.replace_with_whiteout(sdir.fd(), name)?;
+                } else {
+                    let work = self.layers.work()?;
+                    let tmp = self.copy.temp_name();
+                    sys::renameat2(sdir.fd(), name, work, &tmp, sys::RENAME_NOREPLACE)?;
+                    crate::layers::remove_tree(work, &tmp)?;
+                }
+            }
+            _ => {
+                if src_lower {
+                    match sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_WHITEOUT)
+                    {
+                        Ok(()) => {}
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL) | Some(libc::EPERM)
+                            ) =>
+                        {
+                            sys::renameat2(sdir.fd(), name, ddir.fd(), newname, 0)?;
+                            whiteout::make_whiteout(sdir.fd(), name)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    sys::renameat2(sdir.fd(), name, ddir.fd(), newname, 0)?;
+                }
+            }
+        }
+        self.inodes.rename(src_ino, newparent, newname);
+        Ok(())
+    }
+
+    fn do_link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<(u64, FileAttr)> {
+        self.check_writable()?;
+        if newname.len() > 255 {
+            return Err(sys::err(libc::ENAMETOOLONG));
+        }
+        self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
+        self.copy
+            .ensure_upper(&self.layers, &self.inodes, newparent)?;
+        let (path, info) = self.node(ino)?;
+        if info.unlinked {
+            return Err(sys::err(libc::ENOENT));
+        }
+        let (nppath, _) = self.node(newparent)?;
+        let sdir = self.layers.dir(0, parent_of(&path))?;
+        let ddir = self.layers.dir(0, &nppath)?;
+        match sys::fstatat(ddir.fd(), newname) {
+            Ok(st) if whiteout::is_whiteout(&st) => {
+                let work = self.layers.work()?;
+                let tmp = self.copy.temp_name();
+                sys::linkat(sdir.fd(), &info.name, work, &tmp)?;
+                if let Err(e) = sys::renameat2(work, &tmp, ddir.fd(), newname, 0) {
+                    let _ = sys::unlinkat(work, &tmp, false);
+                    return Err(e);
+                }
+            }
+            Ok(_) => return Err(sys::err(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                sys::linkat(sdir.fd(), &info.name, ddir.fd(), newname)?
+            }
+            Err(e) => return Err(e),
+        }
+        let st = sys::fstatat(ddir.fd(), newname)?;
+        let new = self.inodes.insert(newparent, newname, vec![0], false);
+        Ok((new, attr(&st, false)))
+    }
+
+    fn do_open(&self, ino: u64, flags: i32) -> Res<u64> {
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write {
+            self.check_writable()?;
+            self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
+        }
+        let (path, info) = self.node(ino)?;
+        if info.unlinked {
+            return Err(sys::err(libc::ENOENT));
+        }
+        let l = info.layers[0];
+        let fd = self.layers.open(l, &path, open_flags(flags))?;
+        Ok(self.add_file(ino, flags, fd, l))
+    }
+
+    fn listing(&self, dh: &DirHandle, offset: u64) -> Res<Arc<Vec<MergedEntry>>> {
+        let mut g = dh.entries.lock();
+        if offset == 0 || g.is_none() {
+            let (path, info) = self.node(dh.ino)?;
+            let (st, _) = self.stat_node(dh.ino)?;
+            let mut v = vec![
+                MergedEntry {
+                    name: OsString::from("."),
+                    ino: st.st_ino,
+                    kind: libc::DT_DIR,
+                },
+                MergedEntry {
+                    name: OsString::from(".."),
+                    // glibc drops entries with d_ino 0.
+                    ino: self
+                        .stat_node(info.parent)
+                        .map(|(p, _)| p.st_ino)
+                        .unwrap_or(st.st_ino),
+                    kind: libc::DT_DIR,
+                },
+            ];
+            if !info.unlinked {
+                v.extend(readdir::merged_list(&self.layers, &path, &info.layers)?);
+            }
+            *g = Some(Arc::new(v));
+        }
+        g.clone().ok_or_else(|| sys::err(libc::EIO))
+    }
+
+    fn xattr_target(&self, ino: u64) -> Res<OwnedFd> {
+        Ok(self.node_fd(ino)?.0)
+    }
+}
+
+/// The flags a real file is opened with: access mode and the flags that change I/O behaviour.
+fn open_flags(flags: i32) -> i32 {
+    flags
+        & (libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME)
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl fuser::Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.do_lookup(parent.0, name);
+        self.reply_entry(reply, r);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = match fh.and_then(|fh| self.handle(fh).ok()) {
+            Some(h) => self
+                .with_fd(&h, |fd| sys::fstat(fd))
+                .map(|st| attr(&st, false)),
+            None => self.reply_attr_of(ino.0),
+        };
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = self.node(ino.0).and_then(|(path, info)| {
+            let dir = self.layers.dir(info.layers[0], parent_of(&path))?;
+            sys::readlinkat(dir.fd(), &info.name)
+        });
+        match r {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .create_entry(
+                req,
+                parent.0,
+                name,
+                NewKind::Node {
+                    mode,
+                    rdev: rdev as u64,
+                },
+            )
+            .map(|(i, a, _)| (i, a));
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .create_entry(req, parent.0, name, NewKind::Dir { mode })
+            .map(|(i, a, _)| (i, a));
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .create_entry(
+                req,
+                parent.0,
+                link_name,
+                NewKind::Symlink {
+                    target: target.as_os_str(),
+                },
+            )
+            .map(|(i, a, _)| (i, a));
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.do_link(ino.0, newparent.0, newname);
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = self.handle(fh).and_then(|h| {
+            self.with_fd(&h, |fd| {
+                let mut buf = vec![0u8; size as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    let n = sys::pread(fd, &mut buf[got..], offset + got as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                buf.truncate(got);
+                Ok(buf)
+            })
+        });
+        match r {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = self.handle(fh).and_then(|h| {
+            self.with_fd(&h, |fd| {
+                let mut done = 0;
+                while done < data.len() {
+                    done += sys::pwrite(fd, &data[done..], offset + done as u64)?;
+                }
+                Ok(done)
+            })
+        });
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .handle(fh)
+            .and_then(|h| self.with_fd(&h, |fd| sys::fsync(fd, datasync)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inodes.get(ino.0) {
+            Some(info) if info.is_dir => {
+                let fh = self.new_fh();
+                self.dirs.write().insert(
+                    fh,
+                    Arc::new(DirHandle {
+                        ino: ino.0,
+                        entries: Mutex::new(None),
+                    }),
+                );
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ESTALE),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dh) = self.dirs.read().get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let list = match self.listing(&dh, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, dt_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.node(ino.0).and_then(|(path, info)| {
+            let fd = self
+                .layers
+                .open(info.layers[0], &path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            sys::fsync(fd.as_fd(), datasync)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::fstatvfs(self.layers.root(0)) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            if self.layers.is_private_xattr(name) {
+                return Err(sys::err(libc::EOPNOTSUPP));
+            }
+            self.check_writable()?;
+            self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
+            let fd = self.xattr_target(ino.0)?;
+            sys::fsetxattr(fd.as_fd(), name, value, flags)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            if self.layers.is_private_xattr(name) {
+                return Err(sys::err(libc::EOPNOTSUPP));
+            }
+            let fd = self.xattr_target(ino.0)?;
+            sys::fgetxattr(fd.as_fd(), name)
+        })();
+        match r {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let fd = self.xattr_target(ino.0)?;
+            let raw = sys::flistxattr(fd.as_fd())?;
+            let mut out = Vec::with_capacity(raw.len());
+            for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                if !self.layers.is_private_xattr(OsStr::from_bytes(n)) {
+                    out.extend_from_slice(n);
+                    out.push(0);
+                }
+            }
+            Ok::<_, io::Error>(out)
+        })();
+        match r {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            if self.layers.is_private_xattr(name) {
+                return Err(sys::err(libc::EOPNOTSUPP));
+            }
+            self.check_writable()?;
+            // Removing an xattr the file does not have changes nothing: no copy-up for it.
+            let fd = self.xattr_target(ino.0)?;
+            sys::fgetxattr(fd.as_fd(), name)?;
+            self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
+            let fd = self.xattr_target(ino.0)?;
+            sys::fremovexattr(fd.as_fd(), name)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.bits() & libc::W_OK != 0 && !self.writable {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.create_entry(req, parent.0, name, NewKind::File { mode, flags }) {
+            Ok((ino, a, Some(fd))) => {
+                let fh = self.add_file(ino, flags, fd, 0);
+                reply.created_node(
+                    INodeNo(ino),
+                    &self.ttl,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    None,
+                );
+            }
+            Ok((_, _, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .handle(fh)
+            .and_then(|h| self.with_fd(&h, |fd| sys::fallocate(fd, mode, offset, length)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self
+            .handle(fh)
+            .and_then(|h| self.with_fd(&h, |fd| sys::lseek(fd, offset, whence)));
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}

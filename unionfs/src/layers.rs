@@ -1,1 +1,334 @@
-//! TODO
+//! The layer stack: one directory fd per layer, the upper first when there is one, and path
+//! resolution inside a layer that never leaves it (see `sys::open_beneath`).
+
+use crate::options::{Options, XattrNamespace};
+use crate::sys;
+use crate::whiteout;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Index of a layer in `Layers::layers`; the upper, when present, is 0.
+pub type LayerIdx = usize;
+
+pub struct Layer {
+    pub root: OwnedFd,
+    pub path: PathBuf,
+    pub dev: u64,
+}
+
+/// A directory fd inside a layer: the layer's root itself (borrowed) or an opened subdirectory.
+pub enum DirFd<'a> {
+    Root(BorrowedFd<'a>),
+    Owned(OwnedFd),
+}
+
+impl DirFd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(b) => *b,
+            DirFd::Owned(o) => o.as_fd(),
+        }
+    }
+}
+
+/// What opening the stack can fail on, naming the layer.
+#[derive(Debug)]
+pub struct LayerError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub err: io::Error,
+}
+
+impl fmt::Display for LayerError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} {}: {}", self.what, self.path.display(), self.err)
+    }
+}
+
+impl std::error::Error for LayerError {}
+
+pub struct Layers {
+    pub layers: Vec<Layer>,
+    pub has_upper: bool,
+    /// `workdir/work`, where copy-ups and whiteouts are built before being renamed into place.
+    pub work: Option<OwnedFd>,
+    pub xattr_ns: XattrNamespace,
+}
+
+/// Name of the scratch directory inside workdir, the same as the kernel's.
+pub const WORK_SUBDIR: &str = "work";
+
+fn open_root(what: &'static str, path: &Path) -> Result<Layer, LayerError> {
+    let lerr = |err| LayerError {
+        what,
+        path: path.to_path_buf(),
+        err,
+    };
+    let fd = std::fs::File::open(path).map_err(lerr)?;
+    let st = sys::fstat(fd.as_fd()).map_err(lerr)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(lerr(sys::err(libc::ENOTDIR)));
+    }
+    Ok(Layer {
+        root: OwnedFd::from(fd),
+        path: path.to_path_buf(),
+        dev: st.st_dev,
+    })
+}
+
+impl Layers {
+    pub fn open_stack(opts: &Options) -> Result<Layers, LayerError> {
+        let mut layers = Vec::new();
+        let mut work = None;
+        let has_upper = opts.upperdir.is_some();
+        if let (Some(upper), Some(workdir)) = (&opts.upperdir, &opts.workdir) {
+            layers.push(open_root("upperdir", upper)?);
+            let w = open_root("workdir", workdir)?;
+            work = Some(prepare_work(&w).map_err(|err| LayerError {
+                what: "workdir",
+                path: workdir.clone(),
+                err,
+            })?);
+        }
+        for l in &opts.lowerdirs {
+            layers.push(open_root("lowerdir", l)?);
+        }
+        let xattr_ns = opts.xattr_ns.unwrap_or(if sys::geteuid() == 0 {
+            XattrNamespace::Trusted
+        } else {
+            XattrNamespace::User
+        });
+        Ok(Layers {
+            layers,
+            has_upper,
+            work,
+            xattr_ns,
+        })
+    }
+
+    pub fn is_upper(&self, l: LayerIdx) -> bool {
+        self.has_upper && l == 0
+    }
+
+    pub fn first_lower(&self) -> LayerIdx {
+        usize::from(self.has_upper)
+    }
+
+    pub fn root(&self, l: LayerIdx) -> BorrowedFd<'_> {
+        self.layers[l].root.as_fd()
+    }
+
+    pub fn work(&self) -> io::Result<BorrowedFd<'_>> {
+        self.work
+            .as_ref()
+            .map(|w| w.as_fd())
+            .ok_or_else(|| sys::err(libc::EROFS))
+    }
+
+    /// The directory `rel` ("" for the root) of layer `l`, as an `O_PATH` fd.
+    pub fn dir(&self, l: LayerIdx, rel: &OsStr) -> io::Result<DirFd<'_>> {
+        if rel.is_empty() {
+            return Ok(DirFd::Root(self.root(l)));
+        }
+        sys::open_beneath(self.root(l), rel, libc::O_PATH | libc::O_DIRECTORY, 0).map(DirFd::Owned)
+    }
+
+    /// Opens `rel` in layer `l` with `flags` (O_NOFOLLOW is added: a symlink is never followed).
+    pub fn open(&self, l: LayerIdx, rel: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { OsStr::new(".") } else { rel };
+        sys::open_beneath(self.root(l), rel, flags | libc::O_NOFOLLOW, 0)
+    }
+
+    pub fn opaque_xattr(&self) -> OsString {
+        OsString::from(format!("{}opaque", self.xattr_ns.prefix()))
+    }
+
+    /// Whether an xattr name belongs to overlay's private namespace, hidden from users.
+    pub fn is_private_xattr(&self, name: &OsStr) -> bool {
+        name.as_bytes().starts_with(self.xattr_ns.prefix().as_bytes())
+    }
+}
+
+/// Makes `workdir/work` exist and empty: leftovers of a copy-up or whiteout interrupted by a
+/// crash are never visible (they were never renamed into the upper) and are removed here.
+fn prepare_work(workdir: &Layer) -> io::Result<OwnedFd> {
+    let name = OsStr::new(WORK_SUBDIR);
+    match sys::mkdirat(workdir.root.as_fd(), name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let work = sys::openat(
+        workdir.root.as_fd(),
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    clean_dir(work.as_fd())?;
+    Ok(work)
+}
+
+/// Removes everything inside the directory `dir`, depth first, never following symlinks.
+pub fn clean_dir(dir: BorrowedFd) -> io::Result<()> {
+    let listing = sys::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for e in sys::read_dir(listing)? {
+        remove_tree(dir, &e.name)?;
+    }
+    Ok(())
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory.
+pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    let st = match sys::fstatat(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let sub = sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        clean_dir(sub.as_fd())?;
+        sys::unlinkat(dir, name, true)
+    } else {
+        sys::unlinkat(dir, name, false)
+    }
+}
+
+/// Where a name was found, top-down.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub stat: sys::Stat,
+    /// The layers that make up the entry, topmost first: one for a non-directory, every merged
+    /// layer for a directory (stopping at an opaque one).
+    pub layers: Vec<LayerIdx>,
+}
+
+impl Found {
+    pub fn is_dir(&self) -> bool {
+        is_dir(&self.stat)
+    }
+}
+
+pub fn is_dir(st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Joins a relative directory path and a name.
+pub fn join(rel: &OsStr, name: &OsStr) -> OsString {
+    if rel.is_empty() {
+        return name.to_os_string();
+    }
+    let mut p = OsString::with_capacity(rel.len() + 1 + name.len());
+    p.push(rel);
+    p.push("/");
+    p.push(name);
+    p
+}
+
+impl Layers {
+    /// Looks `name` up in the directory `rel`, merged from `dir_layers` (topmost first):
+    /// `Ok(None)` when no layer has it or a whiteout hides it.
+    pub fn lookup(
+        &self,
+        rel: &OsStr,
+        dir_layers: &[LayerIdx],
+        name: &OsStr,
+    ) -> io::Result<Option<Found>> {
+        let mut found: Option<Found> = None;
+        for &l in dir_layers {
+            let lower = !self.is_upper(l);
+            if lower && whiteout::is_oci_marker(name) {
+                continue;
+            }
+            let dir = match self.dir(l, rel) {
+                Ok(d) => d,
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match sys::fstatat(dir.fd(), name) {
+                Ok(st) => {
+                    if whiteout::is_whiteout(&st) {
+                        break;
+                    }
+                    match &mut found {
+                        None => {
+                            let d = is_dir(&st);
+                            found = Some(Found {
+                                stat: st,
+                                layers: vec![l],
+                            });
+                            if !d || self.is_opaque(l, dir.fd(), name)? {
+                                break;
+                            }
+                        }
+                        Some(f) => {
+                            if !is_dir(&st) {
+                                break;
+                            }
+                            f.layers.push(l);
+                            if self.is_opaque(l, dir.fd(), name)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if lower && whiteout::has_oci_whiteout(dir.fd(), name) {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the directory `name` in `dir` of layer `l` hides the layers below it.
+    fn is_opaque(&self, l: LayerIdx, dir: BorrowedFd, name: &OsStr) -> io::Result<bool> {
+        let fd = match sys::openat(
+            dir,
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if is_gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(whiteout::is_opaque_dir(
+            fd.as_fd(),
+            &self.opaque_xattr(),
+            !self.is_upper(l),
+        ))
+    }
+
+    /// Whether any layer below the upper, in the directory `rel` merged from `dir_layers`, has a
+    /// visible `name`: removing or renaming it away must then leave a whiteout.
+    pub fn lower_positive(
+        &self,
+        rel: &OsStr,
+        dir_layers: &[LayerIdx],
+        name: &OsStr,
+    ) -> io::Result<bool> {
+        let lowers: Vec<LayerIdx> = dir_layers
+            .iter()
+            .copied()
+            .filter(|&l| !self.is_upper(l))
+            .collect();
+        Ok(self.lookup(rel, &lowers, name)?.is_some())
+    }
+}
+
+/// Errors meaning "that path is not there (any more)".
+pub fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}

@@ -1,1 +1,62 @@
-//! TODO
+//! Whiteouts and opaque directories, in the kernel's format (a 0/0 character device; the
+//! `overlay.opaque` xattr set to "y") and, read-only, the OCI image format (`.wh.NAME` files and
+//! a `.wh..wh..opq` file) found in layers unpacked by image tools.
+
+use crate::sys;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+pub const OCI_PREFIX: &[u8] = b".wh.";
+pub const OCI_OPAQUE: &str = ".wh..wh..opq";
+
+/// A whiteout is a character device with device number 0/0.
+pub fn is_whiteout(st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Names that are OCI markers, never shown from a lower layer.
+pub fn is_oci_marker(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(OCI_PREFIX)
+}
+
+/// For an OCI marker `.wh.NAME`, the name it hides (`None` for the opaque marker).
+pub fn oci_hidden_name(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if name == OCI_OPAQUE || !b.starts_with(OCI_PREFIX) {
+        return None;
+    }
+    Some(OsStr::from_bytes(&b[OCI_PREFIX.len()..]))
+}
+
+/// Whether `dir` holds an OCI whiteout `.wh.NAME` for `name`.
+pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> bool {
+    let mut marker = Vec::with_capacity(OCI_PREFIX.len() + name.len());
+    marker.extend_from_slice(OCI_PREFIX);
+    marker.extend_from_slice(name.as_bytes());
+    if marker.len() > 255 {
+        return false;
+    }
+    sys::fstatat(dir, OsStr::from_bytes(&marker)).is_ok()
+}
+
+/// Whether the directory behind `fd` is opaque: the overlay xattr, or (in a lower layer) the OCI
+/// marker inside it.
+pub fn is_opaque_dir(fd: BorrowedFd, opaque_xattr: &OsStr, lower: bool) -> bool {
+    if let Ok(v) = sys::fgetxattr(fd, opaque_xattr) {
+        if v == b"y" {
+            return true;
+        }
+    }
+    lower && sys::fstatat(fd, OsStr::new(OCI_OPAQUE)).is_ok()
+}
+
+pub fn set_opaque(fd: BorrowedFd, opaque_xattr: &OsStr) -> io::Result<()> {
+    sys::fsetxattr(fd, opaque_xattr, b"y", 0)
+}
+
+/// Creates a whiteout named `name` in `dir`.
+pub fn make_whiteout(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    sys::mknodat(dir, name, libc::S_IFCHR, sys::makedev(0, 0))
+}
