@@ -1115,13 +1115,11 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let r = (|| {
-            if self.layers.is_private_xattr(name) {
-                return Err(sys::err(libc::EOPNOTSUPP));
-            }
+            let name = self.layers.escape_xattr(name);
             self.check_writable()?;
             self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
             let fd = self.xattr_target(ino.0)?;
-            sys::fsetxattr(fd.as_fd(), name, value, flags)
+            sys::fsetxattr(fd.as_fd(), &name, value, flags)
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -1131,11 +1129,9 @@ impl fuser::Filesystem for StrataFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let r = (|| {
-            if self.layers.is_private_xattr(name) {
-                return Err(sys::err(libc::EOPNOTSUPP));
-            }
+            let name = self.layers.escape_xattr(name);
             let fd = self.xattr_target(ino.0)?;
-            sys::fgetxattr(fd.as_fd(), name)
+            sys::fgetxattr(fd.as_fd(), &name)
         })();
         match r {
             Ok(v) => reply_xattr(reply, size, &v),
@@ -1149,8 +1145,8 @@ impl fuser::Filesystem for StrataFs {
             let raw = sys::flistxattr(fd.as_fd())?;
             let mut out = Vec::with_capacity(raw.len());
             for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-                if !self.layers.is_private_xattr(OsStr::from_bytes(n)) {
-                    out.extend_from_slice(n);
+                if let Some(shown) = self.layers.unescape_xattr(n) {
+                    out.extend_from_slice(&shown);
                     out.push(0);
                 }
             }
@@ -1164,16 +1160,14 @@ impl fuser::Filesystem for StrataFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
-            if self.layers.is_private_xattr(name) {
-                return Err(sys::err(libc::EOPNOTSUPP));
-            }
+            let name = self.layers.escape_xattr(name);
             self.check_writable()?;
             // Removing an xattr the file does not have changes nothing: no copy-up for it.
             let fd = self.xattr_target(ino.0)?;
-            sys::fgetxattr(fd.as_fd(), name)?;
+            sys::fgetxattr(fd.as_fd(), &name)?;
             self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
             let fd = self.xattr_target(ino.0)?;
-            sys::fremovexattr(fd.as_fd(), name)
+            sys::fremovexattr(fd.as_fd(), &name)
         })();
         match r {
             Ok(()) => reply.ok(),

@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// Index of a layer in `Layers::layers`; the upper, when present, is 0.
@@ -147,9 +147,41 @@ impl Layers {
         OsString::from(format!("{}opaque", self.xattr_ns.prefix()))
     }
 
-    /// Whether an xattr name belongs to overlay's private namespace, hidden from users.
+    /// Whether a stored xattr name belongs to overlay's private namespace (markers such as
+    /// `opaque`), hidden from users; escaped names (`PREFIX.overlay.X`) are not private.
     pub fn is_private_xattr(&self, name: &OsStr) -> bool {
-        name.as_bytes().starts_with(self.xattr_ns.prefix().as_bytes())
+        let p = self.xattr_ns.prefix().as_bytes();
+        let b = name.as_bytes();
+        b.starts_with(p) && !b[p.len()..].starts_with(b"overlay.")
+    }
+
+    /// The stored name of an xattr a user names: names in the private namespace are escaped
+    /// (`trusted.overlay.X` is kept as `trusted.overlay.overlay.X`), as the kernel does since
+    /// 6.7 so that overlays can nest.
+    pub fn escape_xattr(&self, name: &OsStr) -> OsString {
+        let p = self.xattr_ns.prefix().as_bytes();
+        let b = name.as_bytes();
+        if !b.starts_with(p) {
+            return name.to_os_string();
+        }
+        let mut v = Vec::with_capacity(b.len() + 8);
+        v.extend_from_slice(p);
+        v.extend_from_slice(b"overlay.");
+        v.extend_from_slice(&b[p.len()..]);
+        OsString::from_vec(v)
+    }
+
+    /// The name a user sees for a stored xattr name; `None` for private ones.
+    pub fn unescape_xattr<'a>(&self, stored: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let p = self.xattr_ns.prefix().as_bytes();
+        if !stored.starts_with(p) {
+            return Some(std::borrow::Cow::Borrowed(stored));
+        }
+        let rest = stored[p.len()..].strip_prefix(b"overlay.")?;
+        let mut v = Vec::with_capacity(stored.len());
+        v.extend_from_slice(p);
+        v.extend_from_slice(rest);
+        Some(std::borrow::Cow::Owned(v))
     }
 }
 
