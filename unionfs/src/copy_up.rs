@@ -45,6 +45,18 @@ impl CopyUp {
 
     /// Makes sure node `ino` exists in the upper layer, copying it and its parents up as needed.
     pub fn ensure_upper(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<()> {
+        self.ensure_upper_with(layers, inodes, ino, true)
+    }
+
+    /// `ensure_upper`, but a regular file about to be truncated to zero is copied without its
+    /// data (as the kernel does for `O_TRUNC`).
+    pub fn ensure_upper_with(
+        &self,
+        layers: &Layers,
+        inodes: &Inodes,
+        ino: u64,
+        data: bool,
+    ) -> io::Result<()> {
         if !layers.has_upper {
             return Err(sys::err(libc::EROFS));
         }
@@ -63,12 +75,18 @@ impl CopyUp {
             cur = info.parent;
         }
         for &n in chain.iter().rev() {
-            self.copy_up_one(layers, inodes, n)?;
+            self.copy_up_one(layers, inodes, n, data || n != ino)?;
         }
         Ok(())
     }
 
-    fn copy_up_one(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<()> {
+    fn copy_up_one(
+        &self,
+        layers: &Layers,
+        inodes: &Inodes,
+        ino: u64,
+        data: bool,
+    ) -> io::Result<()> {
         let _guard = self.locks[(ino as usize) % STRIPES].lock();
         let (path, info) = inodes.path(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
         if layers.is_upper(info.layers[0]) {
@@ -91,7 +109,7 @@ impl CopyUp {
         let parent_st = sys::fstat(upper_dir.fd())?;
         let work = layers.work()?;
         let tmp = self.temp_name();
-        let res = self.build_copy(layers, src_dir.fd(), &info.name, &src, &st, work, &tmp);
+        let res = self.build_copy(layers, src_dir.fd(), &info.name, &src, &st, work, &tmp, data);
         let res = res.and_then(|_| {
             sys::renameat2(work, &tmp, upper_dir.fd(), &info.name, sys::RENAME_NOREPLACE)
         });
@@ -120,20 +138,23 @@ impl CopyUp {
         st: &sys::Stat,
         work: BorrowedFd,
         tmp: &OsStr,
+        with_data: bool,
     ) -> io::Result<()> {
         let fmt = st.st_mode & libc::S_IFMT;
         match fmt {
             libc::S_IFREG => {
-                let data = sys::openat(src_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
                 let dst = sys::openat(
                     work,
                     tmp,
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     0o600,
                 )?;
-                copy_data(data.as_fd(), dst.as_fd(), st.st_size as u64)?;
-                if !self.volatile {
-                    sys::fsync(dst.as_fd(), false)?;
+                if with_data {
+                    let data = sys::openat(src_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                    copy_data(data.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    if !self.volatile {
+                        sys::fsync(dst.as_fd(), false)?;
+                    }
                 }
             }
             libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,

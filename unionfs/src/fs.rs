@@ -393,7 +393,9 @@ impl StrataFs {
         self.check_writable()?;
         let info = self.inodes.get(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
         if !info.unlinked {
-            self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
+            let keep_data = size != Some(0);
+            self.copy
+                .ensure_upper_with(&self.layers, &self.inodes, ino, keep_data)?;
         }
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         if let Some(size) = size {
@@ -673,7 +675,9 @@ impl StrataFs {
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
             self.check_writable()?;
-            self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
+            let keep_data = flags & libc::O_TRUNC == 0;
+            self.copy
+                .ensure_upper_with(&self.layers, &self.inodes, ino, keep_data)?;
         }
         let (path, info) = self.node(ino)?;
         if info.unlinked {
@@ -740,7 +744,9 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 }
 
 impl fuser::Filesystem for StrataFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // O_TRUNC arrives with open, so a truncating open copies up no data.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
