@@ -115,7 +115,14 @@ impl CopyUp {
         });
         if let Err(e) = res {
             let _ = crate::layers::remove_tree(work, &tmp);
-            return Err(e);
+            // Our view was stale: the entry already made it to the upper layer.
+            let upper_has_it = e.raw_os_error() == Some(libc::EEXIST)
+                && sys::fstatat(upper_dir.fd(), &info.name)
+                    .map(|st| !crate::whiteout::is_whiteout(&st))
+                    .unwrap_or(false);
+            if !upper_has_it {
+                return Err(e);
+            }
         }
         // Adding an entry to the upper parent is not a change the user made to it.
         restore_times(upper_dir.fd(), &parent_st);

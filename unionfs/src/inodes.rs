@@ -99,7 +99,11 @@ impl Inodes {
             if let Some(e) = t.nodes.get_mut(&ino) {
                 // A name that changed kind (replaced behind a kept node) gets a fresh node.
                 if e.info.is_dir == is_dir {
-                    e.info.layers = layers;
+                    // A lookup that raced with a copy-up must not send the node back down: an
+                    // entry never leaves the upper layer (index 0) while keeping its name.
+                    if !(e.info.layers.first() == Some(&0) && layers.first() != Some(&0)) {
+                        e.info.layers = layers;
+                    }
                     e.nlookup += 1;
                     return ino;
                 }
