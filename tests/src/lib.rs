@@ -989,7 +989,8 @@ pub struct SnapOpts {
     pub exact: bool,
     /// Classify char devices 0/0 as whiteouts and record only their type (upper layers).
     pub whiteouts: bool,
-    /// Drop kernel-private `trusted.overlay.*` xattrs except `trusted.overlay.opaque`.
+    /// Drop kernel-private `trusted.overlay.*` xattrs except `trusted.overlay.opaque` and the
+    /// escaped `trusted.overlay.overlay.*` (user-set through the mount).
     pub overlay_xattrs: bool,
     /// Top-level names to skip.
     pub skip_top: Vec<String>,
@@ -1011,7 +1012,12 @@ fn xattrs_at(dirfd: RawFd, name: &str, opts: &SnapOpts) -> BTreeMap<String, Data
         Err(e) => panic!("llistxattr {}: {e}", path.display()),
     };
     for n in names {
-        if opts.overlay_xattrs && n.starts_with("trusted.overlay.") && n != "trusted.overlay.opaque"
+        // Kernel-private xattrs are dropped, except the opaque marker and escaped xattrs that a
+        // user set through the mount (trusted.overlay.X is stored as trusted.overlay.overlay.X).
+        if opts.overlay_xattrs
+            && n.starts_with("trusted.overlay.")
+            && n != "trusted.overlay.opaque"
+            && !n.starts_with("trusted.overlay.overlay.")
         {
             continue;
         }
@@ -1931,6 +1937,14 @@ impl Side {
     }
 }
 
+/// With E2E_TRACE=1, prints every step's (kernel) result with its location.
+#[track_caller]
+fn trace<T: fmt::Debug>(name: &str, v: &T) {
+    if std::env::var_os("E2E_TRACE").is_some() {
+        eprintln!("[{name}] {}: {v:?}", std::panic::Location::caller());
+    }
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Both sides' values of something.
@@ -2103,6 +2117,7 @@ impl Pair {
     pub fn get_ctx<T: PartialEq + fmt::Debug>(&self, f: impl Fn(&Side) -> T) -> T {
         let k = f(&self.k);
         let s = f(&self.s);
+        trace(&self.name, &k);
         if k != s {
             panic!(
                 "[{}] step at {}: results differ\n  kernel:   {k:?}\n  stratafs: {s:?}",
@@ -2132,6 +2147,7 @@ impl Pair {
     ) -> T {
         let k = f(&self.k, &st.k);
         let s = f(&self.s, &st.s);
+        trace(&self.name, &k);
         if k != s {
             panic!(
                 "[{}] step at {}: results differ\n  kernel:   {k:?}\n  stratafs: {s:?}",
