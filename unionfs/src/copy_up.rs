@@ -98,20 +98,30 @@ impl CopyUp {
         let parent_rel = parent_of(&path);
         let src_layer = info.layers[0];
         let src_dir = layers.dir(src_layer, parent_rel)?;
-        let src = sys::openat(
-            src_dir.fd(),
-            &info.name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let src = sys::openat(src_dir.fd(), &info.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let st = sys::fstat(src.as_fd())?;
         let upper_dir = layers.dir(0, parent_rel)?;
         let parent_st = sys::fstat(upper_dir.fd())?;
         let work = layers.work()?;
         let tmp = self.temp_name();
-        let res = self.build_copy(layers, src_dir.fd(), &info.name, &src, &st, work, &tmp, data);
+        let res = self.build_copy(
+            layers,
+            src_dir.fd(),
+            &info.name,
+            &src,
+            &st,
+            work,
+            &tmp,
+            data,
+        );
         let res = res.and_then(|_| {
-            sys::renameat2(work, &tmp, upper_dir.fd(), &info.name, sys::RENAME_NOREPLACE)
+            sys::renameat2(
+                work,
+                &tmp,
+                upper_dir.fd(),
+                &info.name,
+                sys::RENAME_NOREPLACE,
+            )
         });
         if let Err(e) = res {
             let _ = crate::layers::remove_tree(work, &tmp);

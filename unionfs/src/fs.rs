@@ -188,9 +188,7 @@ impl StrataFs {
             let fd = self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?;
             return Ok((fd, info));
         }
-        let fd = self
-            .layers
-            .open(info.layers[0], &path, libc::O_PATH)?;
+        let fd = self.layers.open(info.layers[0], &path, libc::O_PATH)?;
         Ok((fd, info))
     }
 
@@ -379,6 +377,7 @@ impl StrataFs {
         f(g.0.as_fd())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
         ino: u64,
@@ -510,9 +509,8 @@ impl StrataFs {
             .lookup(&ppath, &pinfo.layers, name)?
             .ok_or_else(|| sys::err(libc::ENOENT))?;
         let dst = self.layers.lookup(&nppath, &npinfo.layers, newname)?;
-        let pure_upper = |f: &crate::layers::Found| {
-            f.layers.len() == 1 && self.layers.is_upper(f.layers[0])
-        };
+        let pure_upper =
+            |f: &crate::layers::Found| f.layers.len() == 1 && self.layers.is_upper(f.layers[0]);
         if src.is_dir() && !pure_upper(&src) {
             return Err(sys::err(libc::EXDEV));
         }
@@ -530,10 +528,14 @@ impl StrataFs {
                 match (src.is_dir(), d.is_dir()) {
                     (true, false) => return Err(sys::err(libc::ENOTDIR)),
                     (false, true) => return Err(sys::err(libc::EISDIR)),
-                    (true, true) => {
-                        if !readdir::is_empty(&self.layers, &join(&nppath, newname), &d.layers)? {
-                            return Err(sys::err(libc::ENOTEMPTY));
-                        }
+                    (true, true)
+                        if !readdir::is_empty(
+                            &self.layers,
+                            &join(&nppath, newname),
+                            &d.layers,
+                        )? =>
+                    {
+                        return Err(sys::err(libc::ENOTEMPTY));
                     }
                     _ => {}
                 }
@@ -541,11 +543,12 @@ impl StrataFs {
         } else if exchange {
             return Err(sys::err(libc::ENOENT));
         }
-        let src_ino = self
-            .inodes
-            .child(parent, name)
-            .unwrap_or_else(|| self.inodes.insert(parent, name, src.layers.clone(), src.is_dir()));
-        self.copy.ensure_upper(&self.layers, &self.inodes, src_ino)?;
+        let src_ino = self.inodes.child(parent, name).unwrap_or_else(|| {
+            self.inodes
+                .insert(parent, name, src.layers.clone(), src.is_dir())
+        });
+        self.copy
+            .ensure_upper(&self.layers, &self.inodes, src_ino)?;
         self.copy
             .ensure_upper(&self.layers, &self.inodes, newparent)?;
         let dst_ino = match (&dst, exchange) {
@@ -564,10 +567,17 @@ impl StrataFs {
         let sdir = self.layers.dir(0, &ppath)?;
         let ddir = self.layers.dir(0, &nppath)?;
         let src_lower = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
-        let dst_lower = self.layers.lower_positive(&nppath, &npinfo.layers, newname)?;
+        let dst_lower = self
+            .layers
+            .lower_positive(&nppath, &npinfo.layers, newname)?;
         let opaque = self.layers.opaque_xattr();
         let set_opaque = |dir: BorrowedFd, n: &OsStr| -> Res<()> {
-            let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY, 0)?;
+            let fd = sys::openat(
+                dir,
+                n,
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                0,
+            )?;
             whiteout::set_opaque(fd.as_fd(), &opaque)
         };
         // A directory landing where lower layers have the name must not merge with them.
@@ -761,9 +771,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = match fh.and_then(|fh| self.handle(fh).ok()) {
-            Some(h) => self
-                .with_fd(&h, |fd| sys::fstat(fd))
-                .map(|st| attr(&st, false)),
+            Some(h) => self.with_fd(&h, sys::fstat).map(|st| attr(&st, false)),
             None => self.reply_attr_of(ino.0),
         };
         match r {

@@ -358,14 +358,7 @@ pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
 }
 
 pub fn fallocate(fd: BorrowedFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
-    cvt(unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            mode,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    })?;
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })?;
     Ok(())
 }
 
@@ -391,7 +384,12 @@ pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
     Ok(())
 }
 
-pub fn copy_file_range(src: BorrowedFd, off_in: u64, dst: BorrowedFd, len: usize) -> io::Result<usize> {
+pub fn copy_file_range(
+    src: BorrowedFd,
+    off_in: u64,
+    dst: BorrowedFd,
+    len: usize,
+) -> io::Result<usize> {
     let mut i = off_in as libc::loff_t;
     let mut o = off_in as libc::loff_t;
     cvt_ssize(unsafe {
@@ -421,7 +419,11 @@ pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 {
             let want = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-            let want = if want > 0 { want as usize } else { buf.len() * 4 };
+            let want = if want > 0 {
+                want as usize
+            } else {
+                buf.len() * 4
+            };
             buf.resize(want.max(buf.len() * 2), 0);
             continue;
         }
@@ -463,11 +465,7 @@ pub fn flistxattr(fd: BorrowedFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 1024];
     loop {
         let r = unsafe {
-            libc::listxattr(
-                p.as_ptr(),
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-            )
+            libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
         };
         if r >= 0 {
             buf.truncate(r as usize);
