@@ -1945,6 +1945,13 @@ fn trace<T: fmt::Debug>(name: &str, v: &T) {
     }
 }
 
+fn panic_msg(e: &Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "check panicked".to_string())
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Both sides' values of something.
@@ -1973,6 +1980,9 @@ pub struct Pair {
     lower_snap: Option<(Tree, Tree)>,
     finished: bool,
     rw: bool,
+    /// E2E_SOFT=1: mismatches are recorded and reported together at the end.
+    soft: bool,
+    failures: std::sync::Mutex<Vec<String>>,
 }
 
 fn lower_opts() -> SnapOpts {
@@ -2051,6 +2061,8 @@ impl Pair {
             lower_snap: None,
             finished: false,
             rw,
+            soft: std::env::var("E2E_SOFT").map(|v| v == "1").unwrap_or(false),
+            failures: std::sync::Mutex::new(Vec::new()),
         };
         // Materialize both sets (the Pair exists already, so a panic here still cleans up).
         // Order matters: materializing sets fixed times over the whole target dir, so the
@@ -2119,11 +2131,11 @@ impl Pair {
         let s = f(&self.s);
         trace(&self.name, &k);
         if k != s {
-            panic!(
+            self.fail(format!(
                 "[{}] step at {}: results differ\n  kernel:   {k:?}\n  stratafs: {s:?}",
                 self.name,
                 std::panic::Location::caller()
-            );
+            ));
         }
         k
     }
@@ -2149,13 +2161,37 @@ impl Pair {
         let s = f(&self.s, &st.s);
         trace(&self.name, &k);
         if k != s {
-            panic!(
+            self.fail(format!(
                 "[{}] step at {}: results differ\n  kernel:   {k:?}\n  stratafs: {s:?}",
                 self.name,
                 std::panic::Location::caller()
-            );
+            ));
         }
         k
+    }
+
+    /// Records a failure (E2E_SOFT=1) or panics with it.
+    pub fn fail(&self, msg: String) {
+        if self.soft {
+            eprintln!("{msg}");
+            self.failures.lock().unwrap().push(msg);
+        } else {
+            panic!("{msg}");
+        }
+    }
+
+    /// Runs a check; in soft mode a panic of the check is recorded instead.
+    fn soft_check(&self, f: impl FnOnce()) {
+        if !self.soft {
+            return f();
+        }
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.failures.lock().unwrap().push(panic_msg(&e));
+        }
+    }
+
+    fn take_failures(&self) -> Vec<String> {
+        std::mem::take(&mut *self.failures.lock().unwrap())
     }
 
     /// Runs `f` on both sides without comparing (kernel first).
@@ -2269,19 +2305,32 @@ impl Pair {
     /// views. Also checks that stratafs's upper layer is accepted by the kernel.
     #[track_caller]
     pub fn finish(mut self) {
-        self.check_views();
-        self.check_uppers();
-        self.check_lowers();
-        self.check_outside();
+        self.soft_check(|| self.check_views());
+        self.soft_check(|| self.check_uppers());
+        self.soft_check(|| self.check_lowers());
+        self.soft_check(|| self.check_outside());
         for side in [&mut self.k, &mut self.s] {
             side.umount()
                 .unwrap_or_else(|e| panic!("[{}] {e}", side.label));
         }
-        self.check_lowers();
+        self.soft_check(|| self.check_lowers());
         if self.rw {
-            self.kernel_remount_check();
+            let r = {
+                let mut me = std::panic::AssertUnwindSafe(&mut self);
+                std::panic::catch_unwind(move || me.kernel_remount_check())
+            };
+            if let Err(e) = r {
+                if !self.soft {
+                    std::panic::resume_unwind(e);
+                }
+                self.failures.lock().unwrap().push(panic_msg(&e));
+            }
         }
         self.finished = true;
+        let f = self.take_failures();
+        if !f.is_empty() {
+            panic!("[{}] {} failure(s):\n{}", self.name, f.len(), f.join("\n"));
+        }
     }
 
     fn kernel_remount_check(&mut self) {
@@ -2364,6 +2413,10 @@ impl Drop for Pair {
         }
         if let Some(e) = lower_err {
             std::panic::resume_unwind(e);
+        }
+        let f = self.take_failures();
+        if !f.is_empty() {
+            panic!("[{}] {} failure(s):\n{}", self.name, f.len(), f.join("\n"));
         }
         if !errs.is_empty() {
             panic!("[{}] cleanup failed: {}", self.name, errs.join("; "));
