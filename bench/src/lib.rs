@@ -1,1 +1,13 @@
-//! Benchmarks of stratafs side by side with the kernel overlay. Not built yet: see the bench issue.
+//! The measuring instrument of issue 6: stratafs side by side with the kernel overlay and its
+//! peers. `bench compare` (src/main.rs) runs the workloads of the comparison and writes
+//! `bench/RESULTS.md`; `cargo bench -p bench` runs the criterion benchmarks of the hot paths.
+//! See bench/README.md.
+
+pub mod compare;
+pub mod guard;
+pub mod report;
+pub mod stack;
+pub mod startup;
+pub mod sys;
+pub mod targets;
+pub mod workloads;
