@@ -551,17 +551,13 @@ impl StrataFs {
             .ensure_upper(&self.layers, &self.inodes, src_ino)?;
         self.copy
             .ensure_upper(&self.layers, &self.inodes, newparent)?;
-        let dst_ino = match (&dst, exchange) {
-            (Some(d), true) => {
-                let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
-                    self.inodes
-                        .insert(newparent, newname, d.layers.clone(), d.is_dir())
-                });
-                self.copy.ensure_upper(&self.layers, &self.inodes, i)?;
-                Some(i)
-            }
-            _ => None,
-        };
+        if let (Some(d), true) = (&dst, exchange) {
+            let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
+                self.inodes
+                    .insert(newparent, newname, d.layers.clone(), d.is_dir())
+            });
+            self.copy.ensure_upper(&self.layers, &self.inodes, i)?;
+        }
         let (ppath, pinfo) = self.node(parent)?;
         let (nppath, npinfo) = self.node(newparent)?;
         let sdir = self.layers.dir(0, &ppath)?;
@@ -580,20 +576,19 @@ impl StrataFs {
             )?;
             whiteout::set_opaque(fd.as_fd(), &opaque)
         };
-        // A directory landing where lower layers have the name must not merge with them.
-        if src.is_dir() && dst_lower {
+        // A directory moved into a merged directory is made opaque, so that no lower
+        // directory of its new name can merge into it (the kernel's rule, samedir included).
+        if src.is_dir() && (npinfo.layers.len() > 1 || dst_lower) {
             set_opaque(sdir.fd(), name)?;
         }
         if exchange {
-            if let (Some(d), true) = (&dst, src_lower) {
-                if d.is_dir() {
+            if let Some(d) = &dst {
+                if d.is_dir() && (pinfo.layers.len() > 1 || src_lower) {
                     set_opaque(ddir.fd(), newname)?;
                 }
             }
             sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_EXCHANGE)?;
-            if let Some(d) = dst_ino {
-                self.inodes.exchange(src_ino, d);
-            }
+            self.inodes.exchange(parent, name, newparent, newname);
             return Ok(());
         }
         let dst_upper = match sys::fstatat(ddir.fd(), newname) {
@@ -640,7 +635,7 @@ impl StrataFs {
                 }
             }
         }
-        self.inodes.rename(src_ino, newparent, newname);
+        self.inodes.rename(parent, name, newparent, newname);
         Ok(())
     }
 
@@ -676,8 +671,9 @@ impl StrataFs {
             Err(e) => return Err(e),
         }
         let st = sys::fstatat(ddir.fd(), newname)?;
-        let new = self.inodes.insert(newparent, newname, vec![0], false);
-        Ok((new, attr(&st, false)))
+        // The new name shares the node, as it shares the kernel's inode.
+        self.inodes.link(ino, newparent, newname);
+        Ok((ino, attr(&st, false)))
     }
 
     fn do_open(&self, ino: u64, flags: i32) -> Res<u64> {
@@ -825,6 +821,11 @@ impl fuser::Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        // A 0/0 character device is a whiteout on disk: the kernel's overlay refuses it.
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            reply.error(Errno::EPERM);
+            return;
+        }
         let r = self
             .create_entry(
                 req,
@@ -1157,6 +1158,11 @@ impl fuser::Filesystem for StrataFs {
         let r = (|| {
             let fd = self.xattr_target(ino.0)?;
             let raw = sys::flistxattr(fd.as_fd())?;
+            // The kernel's overlay answers a size query with the real list's length, private
+            // names included (it filters only when it copies names out).
+            if size == 0 {
+                return Ok(raw);
+            }
             let mut out = Vec::with_capacity(raw.len());
             for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
                 if let Some(shown) = self.layers.unescape_xattr(n) {

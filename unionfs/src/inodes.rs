@@ -24,7 +24,10 @@ pub struct NodeInfo {
 struct Entry {
     info: NodeInfo,
     nlookup: u64,
-    /// Nodes whose `parent` is this one: a parent outlives its children in the table.
+    /// Names of this node besides `info.parent`/`info.name`: hard links made through the
+    /// mount share the node, as they share the kernel's inode.
+    extra: Vec<(u64, OsString)>,
+    /// Names bound in this directory node: a parent outlives its children in the table.
     children: u64,
 }
 
@@ -32,6 +35,95 @@ struct Table {
     nodes: HashMap<u64, Entry>,
     names: HashMap<(u64, OsString), u64>,
     next: u64,
+}
+
+impl Table {
+    fn add_child(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
+    }
+
+    fn drop_child(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children = p.children.saturating_sub(1);
+        }
+        self.reap(parent);
+    }
+
+    /// Drops nodes that neither the kernel nor a child references, walking up the parents.
+    fn reap(&mut self, mut ino: u64) {
+        while ino != ROOT {
+            let Some(e) = self.nodes.get(&ino) else {
+                return;
+            };
+            if e.nlookup > 0 || e.children > 0 {
+                return;
+            }
+            let Some(e) = self.nodes.remove(&ino) else {
+                return;
+            };
+            let mut parents = vec![(e.info.parent, e.info.name)];
+            parents.extend(e.extra);
+            for (p, n) in &parents {
+                let key = (*p, n.clone());
+                if self.names.get(&key) == Some(&ino) {
+                    self.names.remove(&key);
+                }
+            }
+            for (p, _) in &parents[1..] {
+                self.drop_child(*p);
+            }
+            let parent = parents[0].0;
+            match self.nodes.get_mut(&parent) {
+                Some(p) => p.children = p.children.saturating_sub(1),
+                None => return,
+            }
+            ino = parent;
+        }
+    }
+
+    /// Removes the binding of `key`; the node loses that name (and becomes unlinked when it
+    /// was its last). Returns the node id that was bound.
+    fn unbind(&mut self, key: &(u64, OsString)) -> Option<u64> {
+        let ino = self.names.remove(key)?;
+        let e = self.nodes.get_mut(&ino)?;
+        if e.info.parent == key.0 && e.info.name == key.1 {
+            if let Some((p, n)) = e.extra.pop() {
+                e.info.parent = p;
+                e.info.name = n;
+                self.drop_child(key.0);
+            } else {
+                // The node keeps its last parent reference for as long as the kernel holds it.
+                e.info.unlinked = true;
+            }
+        } else {
+            e.extra.retain(|x| x != key);
+            self.drop_child(key.0);
+        }
+        Some(ino)
+    }
+
+    /// Renames one name of node `ino` from `old` to `new` (which must be unbound).
+    fn move_name(&mut self, ino: u64, old: &(u64, OsString), new: (u64, OsString)) {
+        let Some(e) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if e.info.parent == old.0 && e.info.name == old.1 {
+            e.info.parent = new.0;
+            e.info.name = new.1.clone();
+        } else if let Some(x) = e.extra.iter_mut().find(|x| *x == old) {
+            *x = new.clone();
+        }
+        if self.names.get(old) == Some(&ino) {
+            self.names.remove(old);
+        }
+        self.names.insert(new.clone(), ino);
+        if old.0 != new.0 {
+            self.add_child(new.0);
+            self.drop_child(old.0);
+        }
+    }
 }
 
 pub struct Inodes {
@@ -52,6 +144,7 @@ impl Inodes {
                     unlinked: false,
                 },
                 nlookup: 1,
+                extra: Vec::new(),
                 children: 0,
             },
         );
@@ -107,9 +200,8 @@ impl Inodes {
                     e.nlookup += 1;
                     return ino;
                 }
-                e.info.unlinked = true;
             }
-            t.names.remove(&key);
+            t.unbind(&key);
         }
         let ino = t.next;
         t.next += 1;
@@ -124,14 +216,37 @@ impl Inodes {
                     unlinked: false,
                 },
                 nlookup: 1,
+                extra: Vec::new(),
                 children: 0,
             },
         );
-        if let Some(p) = t.nodes.get_mut(&parent) {
-            p.children += 1;
-        }
+        t.add_child(parent);
         t.names.insert(key, ino);
         ino
+    }
+
+    /// A hard link made through the mount: `name` in `parent` becomes another name of `ino`,
+    /// and the kernel counts one more lookup of it.
+    pub fn link(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut t = self.t.write();
+        let key = (parent, name.to_os_string());
+        t.unbind(&key);
+        let Some(e) = t.nodes.get_mut(&ino) else {
+            return;
+        };
+        e.nlookup += 1;
+        if e.info.unlinked {
+            e.info.unlinked = false;
+            let old = e.info.parent;
+            e.info.parent = parent;
+            e.info.name = name.to_os_string();
+            t.add_child(parent);
+            t.drop_child(old);
+        } else {
+            e.extra.push(key.clone());
+            t.add_child(parent);
+        }
+        t.names.insert(key, ino);
     }
 
     /// The node id currently bound to `name` in `parent`, if the kernel holds one.
@@ -158,91 +273,50 @@ impl Inodes {
         if let Some(e) = t.nodes.get_mut(&ino) {
             e.nlookup = e.nlookup.saturating_sub(n);
         }
-        Self::reap(&mut t, ino);
+        t.reap(ino);
     }
 
-    /// Drops nodes that neither the kernel nor a child references, walking up the parents.
-    fn reap(t: &mut Table, mut ino: u64) {
-        while ino != ROOT {
-            let Some(e) = t.nodes.get(&ino) else { return };
-            if e.nlookup > 0 || e.children > 0 {
-                return;
-            }
-            let parent = e.info.parent;
-            let key = (parent, e.info.name.clone());
-            if t.names.get(&key) == Some(&ino) {
-                t.names.remove(&key);
-            }
-            t.nodes.remove(&ino);
-            match t.nodes.get_mut(&parent) {
-                Some(p) => p.children = p.children.saturating_sub(1),
-                None => return,
-            }
-            ino = parent;
-        }
-    }
-
-    /// `name` in `parent` is gone from the tree; a node the kernel holds stays, marked unlinked.
+    /// `name` in `parent` is gone from the tree; a node the kernel holds stays, marked unlinked
+    /// once it has no name left.
     pub fn unlink(&self, parent: u64, name: &OsStr) {
-        let mut t = self.t.write();
-        if let Some(ino) = t.names.remove(&(parent, name.to_os_string())) {
-            if let Some(e) = t.nodes.get_mut(&ino) {
-                e.info.unlinked = true;
-            }
-        }
+        self.t.write().unbind(&(parent, name.to_os_string()));
     }
 
-    /// Moves node `ino` to `newname` in `newparent`, unbinding whatever was there.
-    pub fn rename(&self, ino: u64, newparent: u64, newname: &OsStr) {
+    /// Moves whatever `name` in `parent` names to `newname` in `newparent`, unbinding what was
+    /// there.
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
         let mut t = self.t.write();
-        let newkey = (newparent, newname.to_os_string());
-        if let Some(old) = t.names.remove(&newkey) {
-            if old != ino {
-                if let Some(e) = t.nodes.get_mut(&old) {
-                    e.info.unlinked = true;
-                }
-            }
-        }
-        let Some(e) = t.nodes.get_mut(&ino) else {
+        let old = (parent, name.to_os_string());
+        let new = (newparent, newname.to_os_string());
+        let Some(&ino) = t.names.get(&old) else {
+            t.unbind(&new);
             return;
         };
-        let oldkey = (e.info.parent, e.info.name.clone());
-        let oldparent = e.info.parent;
-        e.info.parent = newparent;
-        e.info.name = newname.to_os_string();
-        if t.names.get(&oldkey) == Some(&ino) {
-            t.names.remove(&oldkey);
+        if t.names.get(&new) != Some(&ino) {
+            t.unbind(&new);
         }
-        t.names.insert(newkey, ino);
-        if oldparent != newparent {
-            if let Some(p) = t.nodes.get_mut(&newparent) {
-                p.children += 1;
-            }
-            if let Some(p) = t.nodes.get_mut(&oldparent) {
-                p.children = p.children.saturating_sub(1);
-            }
-            Self::reap(&mut t, oldparent);
-        }
+        t.move_name(ino, &old, new);
     }
 
-    /// Swaps the places of two nodes (RENAME_EXCHANGE).
-    pub fn exchange(&self, a: u64, b: u64) {
+    /// Swaps what two names name (RENAME_EXCHANGE).
+    pub fn exchange(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
         let mut t = self.t.write();
-        let (Some(ea), Some(eb)) = (t.nodes.get(&a), t.nodes.get(&b)) else {
-            return;
-        };
-        let (pa, na) = (ea.info.parent, ea.info.name.clone());
-        let (pb, nb) = (eb.info.parent, eb.info.name.clone());
-        if let Some(e) = t.nodes.get_mut(&a) {
-            e.info.parent = pb;
-            e.info.name = nb.clone();
+        let ka = (parent, name.to_os_string());
+        let kb = (newparent, newname.to_os_string());
+        let a = t.names.remove(&ka);
+        let b = t.names.remove(&kb);
+        let tmp = (u64::MAX, OsString::new());
+        if let Some(a) = a {
+            t.names.insert(ka.clone(), a);
+            t.move_name(a, &ka, tmp.clone());
         }
-        if let Some(e) = t.nodes.get_mut(&b) {
-            e.info.parent = pa;
-            e.info.name = na.clone();
+        if let Some(b) = b {
+            t.names.insert(kb.clone(), b);
+            t.move_name(b, &kb, ka.clone());
         }
-        t.names.insert((pb, nb), a);
-        t.names.insert((pa, na), b);
+        if let Some(a) = a {
+            t.move_name(a, &tmp, kb);
+        }
     }
 
     /// Number of nodes held (for tests of resource bounds and for logging).

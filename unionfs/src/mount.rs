@@ -324,7 +324,7 @@ fn signal_thread(signals: &SigSet, our: &OurMount) {
 fn ms_flags(opts: &Options) -> MsFlags {
     let mut flags = MsFlags::empty();
     for (on, flag) in [
-        (opts.read_only, MsFlags::MS_RDONLY),
+        (!opts.writable(), MsFlags::MS_RDONLY),
         (opts.nodev, MsFlags::MS_NODEV),
         (opts.nosuid, MsFlags::MS_NOSUID),
         (opts.noexec, MsFlags::MS_NOEXEC),
@@ -435,7 +435,7 @@ fn mount_fusermount(opts: &Options) -> Result<OwnedFd, MountError> {
     ];
     for (on, name) in [
         (opts.allow_other, "allow_other"),
-        (opts.read_only, "ro"),
+        (!opts.writable(), "ro"),
         (opts.nodev, "nodev"),
         (opts.nosuid, "nosuid"),
         (opts.noexec, "noexec"),
@@ -568,6 +568,10 @@ mod tests {
     #[test]
     fn flags_follow_options() {
         let mut o = Options::new(vec![PathBuf::from("/l")], PathBuf::from("/m"));
+        // No upper layer: the stack is read-only.
+        assert_eq!(ms_flags(&o), MsFlags::MS_RDONLY);
+        o.upperdir = Some(PathBuf::from("/u"));
+        o.workdir = Some(PathBuf::from("/w"));
         assert_eq!(ms_flags(&o), MsFlags::empty());
         o.read_only = true;
         o.nosuid = true;
