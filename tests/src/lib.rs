@@ -15,6 +15,20 @@
 //!
 //! With `E2E_SELFTEST=1`, the "stratafs" side is a kernel overlay as well (kernel vs kernel),
 //! which validates the harness and the scenarios independently of stratafs.
+//!
+//! Environment switches:
+//! * `E2E_SELFTEST=1`: see above.
+//! * `E2E_SOFT=1`: a mismatching step does not stop the test; all mismatches (steps, final
+//!   checks) are reported together when the test ends.
+//! * `E2E_TRACE=1`: prints every step's (kernel) result with its source location (use with
+//!   `--nocapture`).
+//! * `E2E_KEEP=1`: keep the temp directories (for post-mortem inspection).
+//! * `STRATAFS_BIN`: the stratafs binary (default: target/<profile>/stratafs).
+//!
+//! Kernel facts the harness relies on: the overlay needs at least two lower layers without an
+//! upper layer ([`Pair::ro`] adds an empty one); the kernel is mounted through the new mount API
+//! with one `lowerdir+` per layer, so there is no option-length limit; lower snapshots exclude
+//! atime (reads legitimately update it through both implementations).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

@@ -514,8 +514,6 @@ fn perm_layers() -> Layers {
 #[test]
 fn unprivileged_user_permissions() {
     let pair = Pair::new("perms", &perm_layers());
-    let u = |f: &dyn Fn() -> R<()>| -> R<()> { f() };
-    let _ = u;
     pair.step(|r| as_user(NOBODY, NOBODY, || read(r.join("secret"))));
     pair.step(|r| as_user(NOBODY, NOBODY, || read(r.join("upsecret"))));
     pair.step(|r| as_user(NOBODY, NOBODY, || read(r.join("public"))));
