@@ -140,7 +140,12 @@ impl CopyUp {
         if is_dir(&st) {
             new_layers.extend(info.layers.iter().copied());
         }
-        inodes.set_layers(ino, new_layers);
+        let keep_ino = if keeps_origin(layers, &st) {
+            Some(info.ino.unwrap_or(st.st_ino))
+        } else {
+            None
+        };
+        inodes.set_layers(ino, new_layers, keep_ino);
         log::debug!("copied up {:?}", join(parent_rel, &info.name));
         Ok(())
     }
@@ -183,8 +188,17 @@ impl CopyUp {
         }
         let dst = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         copy_xattrs(layers, src.as_fd(), dst.as_fd())?;
+        if keeps_origin(layers, st) {
+            layers.set_origin(src.as_fd(), dst.as_fd());
+        }
         copy_attrs(dst.as_fd(), st)
     }
+}
+
+/// Whether a copy-up of `st` records its origin and keeps its inode number: as the kernel with
+/// `index=off`, not for a hard-linked non-directory (its links would disagree).
+fn keeps_origin(layers: &Layers, st: &sys::Stat) -> bool {
+    layers.same_fs && (is_dir(st) || st.st_nlink == 1)
 }
 
 /// Owner, mode (after the owner: chown clears set-id bits) and times of `st` onto `dst`.

@@ -210,7 +210,11 @@ impl StrataFs {
 
     fn reply_attr_of(&self, ino: u64) -> Res<FileAttr> {
         let (st, info) = self.stat_node(ino)?;
-        Ok(attr(&st, info.layers.len() > 1))
+        let mut a = attr(&st, info.layers.len() > 1);
+        if let Some(keep) = info.ino {
+            a.ino = INodeNo(keep);
+        }
+        Ok(a)
     }
 
     fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(u64, FileAttr)> {
@@ -226,9 +230,14 @@ impl StrataFs {
             .lookup(&ppath, &pinfo.layers, name)?
             .ok_or_else(|| sys::err(libc::ENOENT))?;
         let merged = found.layers.len() > 1;
-        let a = attr(&found.stat, merged);
+        let mut a = attr(&found.stat, merged);
         let d = found.is_dir();
-        let ino = self.inodes.insert(parent, name, found.layers, d);
+        let ino = self
+            .inodes
+            .insert(parent, name, found.layers, d, found.origin_ino);
+        if let Some(keep) = self.inodes.get(ino).and_then(|i| i.ino) {
+            a.ino = INodeNo(keep);
+        }
         Ok((ino, a))
     }
 
@@ -327,7 +336,7 @@ impl StrataFs {
             return Err(e);
         }
         let st = sys::fstatat(udir.fd(), name)?;
-        let ino = self.inodes.insert(parent, name, vec![0], is_dir(&st));
+        let ino = self.inodes.insert(parent, name, vec![0], is_dir(&st), None);
         Ok((ino, attr(&st, false), file))
     }
 
@@ -544,8 +553,13 @@ impl StrataFs {
             return Err(sys::err(libc::ENOENT));
         }
         let src_ino = self.inodes.child(parent, name).unwrap_or_else(|| {
-            self.inodes
-                .insert(parent, name, src.layers.clone(), src.is_dir())
+            self.inodes.insert(
+                parent,
+                name,
+                src.layers.clone(),
+                src.is_dir(),
+                src.origin_ino,
+            )
         });
         self.copy
             .ensure_upper(&self.layers, &self.inodes, src_ino)?;
@@ -553,8 +567,13 @@ impl StrataFs {
             .ensure_upper(&self.layers, &self.inodes, newparent)?;
         if let (Some(d), true) = (&dst, exchange) {
             let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
-                self.inodes
-                    .insert(newparent, newname, d.layers.clone(), d.is_dir())
+                self.inodes.insert(
+                    newparent,
+                    newname,
+                    d.layers.clone(),
+                    d.is_dir(),
+                    d.origin_ino,
+                )
             });
             self.copy.ensure_upper(&self.layers, &self.inodes, i)?;
         }

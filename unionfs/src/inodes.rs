@@ -19,6 +19,9 @@ pub struct NodeInfo {
     pub is_dir: bool,
     /// Removed from the tree (unlinked or replaced) while the kernel still holds it.
     pub unlinked: bool,
+    /// The inode number reported instead of the real one: a copied-up entry keeps its lower
+    /// inode number, as with the kernel's overlay on one filesystem.
+    pub ino: Option<u64>,
 }
 
 struct Entry {
@@ -142,6 +145,7 @@ impl Inodes {
                     layers: root_layers,
                     is_dir: true,
                     unlinked: false,
+                    ino: None,
                 },
                 nlookup: 1,
                 extra: Vec::new(),
@@ -185,7 +189,14 @@ impl Inodes {
 
     /// Records that `name` in `parent` resolves to an entry in `layers`, and counts one kernel
     /// lookup of it; returns the node id.
-    pub fn insert(&self, parent: u64, name: &OsStr, layers: Vec<LayerIdx>, is_dir: bool) -> u64 {
+    pub fn insert(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        layers: Vec<LayerIdx>,
+        is_dir: bool,
+        ino_override: Option<u64>,
+    ) -> u64 {
         let mut t = self.t.write();
         let key = (parent, name.to_os_string());
         if let Some(&ino) = t.names.get(&key) {
@@ -196,6 +207,9 @@ impl Inodes {
                     // entry never leaves the upper layer (index 0) while keeping its name.
                     if !(e.info.layers.first() == Some(&0) && layers.first() != Some(&0)) {
                         e.info.layers = layers;
+                        if ino_override.is_some() {
+                            e.info.ino = ino_override;
+                        }
                     }
                     e.nlookup += 1;
                     return ino;
@@ -214,6 +228,7 @@ impl Inodes {
                     layers,
                     is_dir,
                     unlinked: false,
+                    ino: ino_override,
                 },
                 nlookup: 1,
                 extra: Vec::new(),
@@ -258,9 +273,13 @@ impl Inodes {
             .copied()
     }
 
-    pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>) {
+    /// After a copy-up: the node now lives in `layers` and reports `keep_ino` if given.
+    pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>, keep_ino: Option<u64>) {
         if let Some(e) = self.t.write().nodes.get_mut(&ino) {
             e.info.layers = layers;
+            if keep_ino.is_some() {
+                e.info.ino = keep_ino;
+            }
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Layers {
     /// `workdir/work`, where copy-ups and whiteouts are built before being renamed into place.
     pub work: Option<OwnedFd>,
     pub xattr_ns: XattrNamespace,
+    /// Every layer on one filesystem: inode numbers are unique across layers, so a copied-up
+    /// entry keeps its lower inode number (recorded in the upper as its "origin").
+    pub same_fs: bool,
 }
 
 /// Name of the scratch directory inside workdir, the same as the kernel's.
@@ -102,11 +105,13 @@ impl Layers {
         } else {
             XattrNamespace::User
         });
+        let same_fs = layers.windows(2).all(|w| w[0].dev == w[1].dev);
         Ok(Layers {
             layers,
             has_upper,
             work,
             xattr_ns,
+            same_fs,
         })
     }
 
@@ -141,6 +146,35 @@ impl Layers {
     pub fn open(&self, l: LayerIdx, rel: &OsStr, flags: i32) -> io::Result<OwnedFd> {
         let rel = if rel.is_empty() { OsStr::new(".") } else { rel };
         sys::open_beneath(self.root(l), rel, flags | libc::O_NOFOLLOW, 0)
+    }
+
+    pub fn origin_xattr(&self) -> OsString {
+        OsString::from(format!("{}origin", self.xattr_ns.prefix()))
+    }
+
+    /// The inode number of the lower entry an upper entry was copied up from, if it records
+    /// one that still resolves.
+    pub fn origin_ino(&self, upper_entry: BorrowedFd) -> Option<u64> {
+        if !self.same_fs || !self.has_upper || self.layers.len() < 2 {
+            return None;
+        }
+        let v = sys::fgetxattr(upper_entry, &self.origin_xattr()).ok()?;
+        let (htype, handle) = whiteout::decode_origin(&v)?;
+        let fd = sys::open_by_handle(self.root(1), htype, handle, libc::O_PATH).ok()?;
+        Some(sys::fstat(fd.as_fd()).ok()?.st_ino)
+    }
+
+    /// Records in the upper entry `dst` that it was copied up from `src`.
+    pub fn set_origin(&self, src: BorrowedFd, dst: BorrowedFd) {
+        if !self.same_fs {
+            return;
+        }
+        if let Ok((htype, handle)) = sys::name_to_handle(src) {
+            let v = whiteout::encode_origin(htype, &handle);
+            if let Err(e) = sys::fsetxattr(dst, &self.origin_xattr(), &v, 0) {
+                log::debug!("origin not recorded: {e}");
+            }
+        }
     }
 
     pub fn opaque_xattr(&self) -> OsString {
@@ -241,6 +275,8 @@ pub struct Found {
     /// The layers that make up the entry, topmost first: one for a non-directory, every merged
     /// layer for a directory (stopping at an opaque one).
     pub layers: Vec<LayerIdx>,
+    /// For an upper entry copied up from a lower one: the lower inode number it keeps.
+    pub origin_ino: Option<u64>,
 }
 
 impl Found {
@@ -293,9 +329,17 @@ impl Layers {
                     match &mut found {
                         None => {
                             let d = is_dir(&st);
+                            let origin_ino = if self.is_upper(l) && self.same_fs {
+                                sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                                    .ok()
+                                    .and_then(|fd| self.origin_ino(fd.as_fd()))
+                            } else {
+                                None
+                            };
                             found = Some(Found {
                                 stat: st,
                                 layers: vec![l],
+                                origin_ino,
                             });
                             if !d || self.is_opaque(l, dir.fd(), name)? {
                                 break;

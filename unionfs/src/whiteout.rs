@@ -60,3 +60,23 @@ pub fn set_opaque(fd: BorrowedFd, opaque_xattr: &OsStr) -> io::Result<()> {
 pub fn make_whiteout(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
     sys::mknodat(dir, name, libc::S_IFCHR, sys::makedev(0, 0))
 }
+
+/// Overlay's on-disk "origin" of a copied-up entry: the kernel's `struct ovl_fb` (version 0,
+/// magic 0xfb, length, flags, handle type, filesystem uuid, handle). The uuid is left null, as
+/// the kernel writes it when every layer is on one filesystem.
+pub fn encode_origin(htype: i32, handle: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(21 + handle.len());
+    let flags: u8 = if cfg!(target_endian = "big") { 1 } else { 0 };
+    v.extend_from_slice(&[0, 0xfb, (21 + handle.len()) as u8, flags, htype as u8]);
+    v.extend_from_slice(&[0u8; 16]);
+    v.extend_from_slice(handle);
+    v
+}
+
+/// The handle type and bytes of an origin xattr, if it is well formed.
+pub fn decode_origin(v: &[u8]) -> Option<(i32, &[u8])> {
+    if v.len() < 21 || v[0] != 0 || v[1] != 0xfb || v[2] as usize != v.len() {
+        return None;
+    }
+    Some((v[4] as i32, &v[21..]))
+}

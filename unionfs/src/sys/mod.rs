@@ -552,3 +552,65 @@ pub fn major(dev: u64) -> u32 {
 pub fn minor(dev: u64) -> u32 {
     libc::minor(dev)
 }
+
+// ---- file handles (for overlay's "origin" of a copied-up file) ----
+
+const MAX_HANDLE_SZ: usize = 128;
+
+#[repr(C)]
+struct FileHandleBuf {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The file handle of the file behind `fd`: (type, opaque bytes).
+pub fn name_to_handle(fd: BorrowedFd) -> io::Result<(i32, Vec<u8>)> {
+    let mut h = FileHandleBuf {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a file_handle with room for MAX_HANDLE_SZ bytes, as handle_bytes says.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h as *mut FileHandleBuf,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        ) as libc::c_int
+    })?;
+    let n = (h.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((h.handle_type, h.f_handle[..n].to_vec()))
+}
+
+/// Opens a file by handle on the filesystem of `mount_fd` (needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(
+    mount_fd: BorrowedFd,
+    htype: i32,
+    bytes: &[u8],
+    flags: i32,
+) -> io::Result<OwnedFd> {
+    if bytes.len() > MAX_HANDLE_SZ {
+        return Err(err(libc::EINVAL));
+    }
+    let mut h = FileHandleBuf {
+        handle_bytes: bytes.len() as u32,
+        handle_type: htype,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    h.f_handle[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a well-formed file_handle; the returned fd is new and ours.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            &mut h as *mut FileHandleBuf,
+            flags | libc::O_CLOEXEC,
+        ) as libc::c_int
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
