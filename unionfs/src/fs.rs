@@ -37,7 +37,10 @@ struct Handle {
 
 struct DirHandle {
     ino: u64,
+    /// A merged directory's listing, taken at offset 0.
     entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
+    /// A directory of a single layer: the real directory, read with its own offsets.
+    real: Option<Mutex<(OwnedFd, bool)>>,
 }
 
 pub struct StrataFs {
@@ -389,6 +392,7 @@ impl StrataFs {
     #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
+        req: &Request,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -423,8 +427,16 @@ impl StrataFs {
             }
         }
         let (fd, _) = self.node_fd(ino)?;
+        // Truncation by a caller without CAP_FSETID (approximated: not root) drops set-id bits.
+        if size.is_some() && mode.is_none() && req.uid() != 0 {
+            kill_suidgid(req, fd.as_fd())?;
+        }
         if uid.is_some() || gid.is_some() {
             sys::fchown(fd.as_fd(), uid, gid)?;
+            // The real chown by us (root) keeps a setgid bit the caller's own chown would drop.
+            if mode.is_none() && req.uid() != 0 && !info_is_dir(&fd)? {
+                kill_suidgid(req, fd.as_fd())?;
+            }
         }
         if let Some(mode) = mode {
             sys::fchmod_path(fd.as_fd(), mode & 0o7777)?;
@@ -747,6 +759,43 @@ impl StrataFs {
     }
 }
 
+/// Whether the caller of `req` is in group `gid` (its fsgid or a supplementary group).
+fn caller_in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(gid)))
+        .unwrap_or(false)
+}
+
+/// Clears set-user-id, and set-group-id where the kernel would (group-executable, or the
+/// caller not in the file's group), on a file the caller is writing or truncating.
+fn kill_suidgid(req: &Request, fd: BorrowedFd) -> Res<()> {
+    let st = sys::fstat(fd)?;
+    let mut mode = st.st_mode & 0o7777;
+    if mode & libc::S_ISUID != 0 {
+        mode &= !libc::S_ISUID;
+    }
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller_in_group(req, st.st_gid))
+    {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != st.st_mode & 0o7777 {
+        sys::fchmod_path(fd, mode)?;
+    }
+    Ok(())
+}
+
+fn info_is_dir(fd: &OwnedFd) -> Res<bool> {
+    Ok(is_dir(&sys::fstat(fd.as_fd())?))
+}
+
 /// The flags a real file is opened with: access mode and the flags that change I/O behaviour.
 fn open_flags(flags: i32) -> i32 {
     flags
@@ -772,6 +821,9 @@ impl fuser::Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // O_TRUNC arrives with open, so a truncating open copies up no data.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // We clear set-id bits on write/truncate ourselves, by the caller's rights, as the
+        // kernel's overlay does (the kernel's own FUSE rule keeps setgid without group-exec).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -797,7 +849,7 @@ impl fuser::Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -813,7 +865,7 @@ impl fuser::Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(errno(e)),
         }
@@ -937,8 +989,15 @@ impl fuser::Filesystem for StrataFs {
         self.reply_entry(reply, r);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.do_open(ino.0, flags.0).and_then(|fh| {
+            if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+                let h = self.handle(FileHandle(fh))?;
+                self.with_fd(&h, |fd| kill_suidgid(req, fd))?;
+            }
+            Ok(fh)
+        });
+        match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -978,18 +1037,22 @@ impl fuser::Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let r = self.handle(fh).and_then(|h| {
             self.with_fd(&h, |fd| {
+                if kill {
+                    kill_suidgid(req, fd)?;
+                }
                 let mut done = 0;
                 while done < data.len() {
                     done += sys::pwrite(fd, &data[done..], offset + done as u64)?;
@@ -1046,20 +1109,33 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inodes.get(ino.0) {
-            Some(info) if info.is_dir => {
-                let fh = self.new_fh();
-                self.dirs.write().insert(
-                    fh,
-                    Arc::new(DirHandle {
-                        ino: ino.0,
-                        entries: Mutex::new(None),
-                    }),
-                );
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+        let r = self.node(ino.0).and_then(|(path, info)| {
+            if !info.is_dir {
+                return Err(sys::err(libc::ENOTDIR));
             }
-            Some(_) => reply.error(Errno::ENOTDIR),
-            None => reply.error(Errno::ESTALE),
+            let real = if info.layers.len() == 1 && !info.unlinked {
+                let l = info.layers[0];
+                let fd = self
+                    .layers
+                    .open(l, &path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+                Some(Mutex::new((fd, !self.layers.is_upper(l))))
+            } else {
+                None
+            };
+            let fh = self.new_fh();
+            self.dirs.write().insert(
+                fh,
+                Arc::new(DirHandle {
+                    ino: ino.0,
+                    entries: Mutex::new(None),
+                    real,
+                }),
+            );
+            Ok(fh)
+        });
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -1075,6 +1151,33 @@ impl fuser::Filesystem for StrataFs {
             reply.error(Errno::EBADF);
             return;
         };
+        if let Some(real) = &dh.real {
+            let g = real.lock();
+            let (fd, lower) = (&g.0, g.1);
+            let r = (|| -> Res<()> {
+                sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let batch = sys::getdents(fd.as_fd(), &mut buf)?;
+                    if batch.is_empty() {
+                        return Ok(());
+                    }
+                    for e in batch {
+                        if !readdir::shown(fd.as_fd(), lower, &e.name, e.kind) {
+                            continue;
+                        }
+                        if reply.add(INodeNo(e.ino), e.next_off as u64, dt_type(e.kind), &e.name) {
+                            return Ok(());
+                        }
+                    }
+                }
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+            return;
+        }
         let list = match self.listing(&dh, offset) {
             Ok(l) => l,
             Err(e) => {

@@ -614,3 +614,55 @@ pub fn open_by_handle(
     })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// One record of `getdents64`, with the offset at which the listing continues after it.
+#[derive(Debug, Clone)]
+pub struct RawDirent {
+    pub ino: u64,
+    pub next_off: i64,
+    pub kind: u8,
+    pub name: OsString,
+}
+
+/// Reads the next batch of entries of the directory `fd` from its current position.
+pub fn getdents(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<Vec<RawDirent>> {
+    // SAFETY: the kernel writes at most buf.len() bytes of linux_dirent64 records.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name (NUL terminated).
+    while pos + 19 <= n {
+        let rec = &buf[pos..n];
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+        let off = i64::from_ne_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
+        let reclen = u16::from_ne_bytes(rec[16..18].try_into().unwrap_or([0; 2])) as usize;
+        if reclen < 19 || reclen > rec.len() {
+            break;
+        }
+        let kind = rec[18];
+        let name_bytes = &rec[19..reclen];
+        let end = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
+        out.push(RawDirent {
+            ino,
+            next_off: off,
+            kind,
+            name: OsString::from_vec(name_bytes[..end].to_vec()),
+        });
+        pos += reclen;
+    }
+    Ok(out)
+}
