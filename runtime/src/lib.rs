@@ -1,1 +1,27 @@
-//! `strata run`, the container runtime. Not built yet: see the runtime issue.
+//! `strata run`: a minimal container runtime. It runs a command in a container whose root
+//! filesystem is a layer stack (the kernel's overlay or stratafs), inside new namespaces, with
+//! cgroup v2 limits.
+//!
+//! Modules, one per concept (model: youki):
+//! * [`config`]: the validated command line;
+//! * [`process`]: the process sequence (parent, intermediate, init, command), documented there;
+//! * [`namespaces`], [`idmap`]: the namespaces and the user namespace's uid/gid maps;
+//! * [`stack`]: the layer stack, its driver and the per-container state directory;
+//! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
+//! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
+//! * [`error`]: typed errors and exit statuses;
+//! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
+
+pub mod cgroups;
+pub mod config;
+pub mod error;
+pub mod idmap;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod stack;
+pub mod sys;
+
+pub use config::Config;
+pub use error::Error;
+pub use process::run;

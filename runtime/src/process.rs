@@ -1,0 +1,658 @@
+//! The process sequence of `strata run`, in one place.
+//!
+//! ```text
+//!  strata (parent, host namespaces)                 never forks once it has a second thread
+//!  │ 1. block SIGINT/SIGTERM/SIGHUP (a thread will forward them)
+//!  │ 2. create the cgroup and write the limits (cgroups), the state directory with the
+//!  │    temporary upper (stack::Workspace), choose the driver; FUSE: start `stratafs -f`
+//!  │    and wait for its mount
+//!  │ 3. fork ─────────────┐
+//!  │                      intermediate (host pid namespace)
+//!  │                      │ a. parent-death signal SIGKILL; join the cgroup (write 0 to
+//!  │                      │    cgroup.procs), so all that follows is born inside it
+//!  │                      │ b. rootless: unshare(CLONE_NEWUSER), say "U"; the parent writes
+//!  │  4. "U": write the   │    the uid/gid maps (newuidmap/newgidmap or the one-line maps)
+//!  │     maps, answer "M" │    and answers "M"; become root in the namespace
+//!  │                      │ c. unshare mount, uts, ipc, cgroup, pid (+ net) namespaces
+//!  │                      │ d. fork ──────────┐
+//!  │  5. "I<pid>": from   │ say "I<pid>"      init: pid 1 of the new pid namespace
+//!  │     now on forward   │ wait for init,    │ parent-death signal SIGKILL; not dumpable (its
+//!  │     signals to init  │ exit with its     │ /proc/1/exe, the runtime binary, is unreachable)
+//!  │                      │ status            │ hostname, lo up, the root filesystem (rootfs)
+//!  │                      │                   │ fork ────────────┐
+//!  │                      │                   │                  command (pid 2)
+//!  │                      │                   │                  │ default signals; capability
+//!  │                      │                   │                  │ bounding set reduced to
+//!  │                      │                   │                  │ Docker's; --user; chdir and
+//!  │                      │                   │                  │ check the cwd is inside the
+//!  │                      │                   │                  │ root; no_new_privs; every fd
+//!  │                      │                   │                  │ above 2 close-on-exec; execve
+//!  │                      │                   │ reap zombies; forward SIGINT/SIGTERM/SIGHUP
+//!  │                      │                   │ sent by a process to the command (a terminal's
+//!  │                      │                   │ Ctrl-C reaches the command directly); exit with
+//!  │                      │                   │ the command's status (128+N if killed by N),
+//!  │                      │                   │ which makes the kernel kill what is left
+//!  │  6. read messages until every copy of the channel is closed (the command's closes
+//!  │     at execve), wait for the intermediate, read memory.events for OOM kills
+//!  │  7. clean up whatever happened: cgroup.kill and rmdir of the cgroup, unmount and reap
+//!  │     stratafs, remove the state directory (temporary upper); exit with the status
+//! ```
+//!
+//! The three processes share a `SOCK_SEQPACKET` channel: `U`, `M`, `X` (abort), `I<pid>`, and
+//! `E<code>\t<message>` for a failure on the container side (a mount, a missing command...),
+//! which the parent prints as its one line and whose code it exits with.
+//!
+//! Nothing is left behind: the kernel overlay lives only in the container's mount namespace;
+//! every child has a parent-death signal (SIGKILL for the container side, SIGTERM for
+//! stratafs, which then unmounts) so even a SIGKILL of `strata` takes the container and the
+//! daemon down; the parent's `Resources` guard releases the cgroup, the daemon and the
+//! state directory on every path out of [`run`].
+
+use crate::cgroups::{self, Cgroup};
+use crate::config::{Config, Net};
+use crate::error::{self, Error, ProcessError};
+use crate::idmap::IdMap;
+use crate::namespaces::{self, Namespaces};
+use crate::rootfs::{self, RootfsSpec};
+use crate::stack::{self, FuseDaemon, StackMount, Workspace};
+use crate::sys;
+use log::{debug, error, info};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+/// Capabilities left in the bounding set: Docker's default set.
+const DEFAULT_CAPS: &[u32] = &[
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+fn stop_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+/// The channel between the parent and the container side.
+struct Channel(OwnedFd);
+
+impl Channel {
+    fn pair() -> Result<(Channel, Channel), Errno> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((Channel(a), Channel(b)))
+    }
+
+    fn send(&self, msg: &[u8]) -> Result<(), Errno> {
+        socket::send(self.0.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL).map(drop)
+    }
+
+    /// The next message; empty at end of stream.
+    fn recv(&self) -> Result<Vec<u8>, Errno> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => return Ok(buf[..n].to_vec()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reports a failure to the parent (best effort) and returns its exit status.
+    fn fail(&self, code: i32, err: &dyn std::fmt::Display) -> i32 {
+        let _ = self.send(format!("E{code}\t{err}").as_bytes());
+        code
+    }
+}
+
+/// Resources the parent must release, whatever happens.
+#[derive(Default)]
+struct Resources {
+    cgroup: Option<Cgroup>,
+    daemon: Option<FuseDaemon>,
+    ws: Option<Workspace>,
+}
+
+impl Resources {
+    /// Releases everything, in order: processes (cgroup), the FUSE mount, the directories.
+    fn release(&mut self) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if let Some(cg) = &mut self.cgroup {
+            if let Err(e) = cg.destroy() {
+                errors.push(e.into());
+            }
+        }
+        if let Some(d) = &mut self.daemon {
+            if let Err(e) = d.stop() {
+                errors.push(e.into());
+            }
+        }
+        if let Some(ws) = &mut self.ws {
+            if let Err(e) = ws.remove() {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        for e in self.release() {
+            error!("cleanup: {e}");
+        }
+    }
+}
+
+/// What the container side needs (borrowed from the parent's memory, copied by fork).
+struct Child<'a> {
+    cfg: &'a Config,
+    stack: &'a StackMount,
+    root: &'a Path,
+    cgroup: Option<&'a Cgroup>,
+    namespaces: Namespaces,
+    hostname: String,
+    cgroup2_in_container: bool,
+    parent: Pid,
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let pid = std::process::id().to_le_bytes();
+    for (b, p) in bytes.iter_mut().zip(pid) {
+        *b ^= p;
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the container described by `cfg`; returns the exit status `strata` should end with.
+pub fn run(cfg: &Config) -> Result<i32, Error> {
+    let signals = stop_signals();
+    sys::block_signals(&signals).map_err(|errno| ProcessError::Setup {
+        what: "blocking signals",
+        errno,
+    })?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let idmap = rootless.then(IdMap::for_current_user);
+    if let (Some(m), Some((uid, gid))) = (&idmap, cfg.user) {
+        if !m.maps_uid(uid) || !m.maps_gid(gid) {
+            return Err(crate::error::ConfigError::Conflict(format!(
+                "--user {uid}:{gid}: a rootless container has only uid/gid 0 unless /etc/subuid and /etc/subgid give this user a range (and newuidmap/newgidmap are installed)"
+            ))
+            .into());
+        }
+    }
+    let id = new_id();
+    info!(
+        "container {id}{}",
+        if rootless { " (rootless)" } else { "" }
+    );
+
+    let mut res = Resources::default();
+    res.cgroup = Cgroup::create(&id, &cfg.limits, cfg.cgroup_v1_fallback)?;
+    res.ws = Some(Workspace::create(&id, cfg)?);
+    let ws = res.ws.as_ref().ok_or(ProcessError::Setup {
+        what: "state directory",
+        errno: Errno::EINVAL,
+    })?;
+    let stack_mount = stack::plan(cfg, ws, rootless);
+    if matches!(stack_mount, StackMount::Fuse) {
+        res.daemon = Some(FuseDaemon::start(ws)?);
+    }
+    let root = ws.root.clone();
+
+    let (parent_end, child_end) =
+        Channel::pair().map_err(|e| ProcessError::Channel(e.desc().into()))?;
+    let child = Child {
+        cfg,
+        stack: &stack_mount,
+        root: &root,
+        cgroup: res.cgroup.as_ref(),
+        namespaces: Namespaces {
+            user: rootless,
+            net: cfg.net == Net::None,
+        },
+        hostname: cfg.hostname.clone().unwrap_or_else(|| id.clone()),
+        cgroup2_in_container: cgroups::is_pure_v2(),
+        parent: nix::unistd::getpid(),
+    };
+
+    // Still single-threaded here: the forwarding thread starts below, after the fork.
+    let pid = match sys::fork().map_err(ProcessError::Fork)? {
+        sys::Fork::Child => {
+            drop(parent_end);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                intermediate(&child, &child_end)
+            }))
+            .unwrap_or(error::EXIT_RUNTIME);
+            sys::exit_now(code)
+        }
+        sys::Fork::Parent(pid) => pid,
+    };
+    drop(child_end);
+
+    let init_pid = Arc::new(AtomicI32::new(0));
+    let pending = Arc::new(AtomicI32::new(0));
+    {
+        let (init_pid, pending) = (init_pid.clone(), pending.clone());
+        std::thread::spawn(move || forward_signals(&signals, &init_pid, &pending));
+    }
+
+    let mut failure: Option<(i32, String)> = None;
+    loop {
+        let msg = match parent_end.recv() {
+            Ok(m) if m.is_empty() => break,
+            Ok(m) => m,
+            Err(e) => {
+                failure.get_or_insert((error::EXIT_RUNTIME, format!("channel: {}", e.desc())));
+                break;
+            }
+        };
+        match msg[0] {
+            b'U' => {
+                let r = idmap
+                    .as_ref()
+                    .map(|m| m.apply(pid.as_raw()))
+                    .unwrap_or(Ok(()));
+                match r {
+                    Ok(()) => {
+                        let _ = parent_end.send(b"M");
+                    }
+                    Err(e) => {
+                        failure.get_or_insert((error::EXIT_RUNTIME, e.to_string()));
+                        let _ = parent_end.send(b"X");
+                    }
+                }
+            }
+            b'I' => {
+                let p: i32 = std::str::from_utf8(&msg[1..])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                debug!("init is pid {p} on the host");
+                init_pid.store(p, Ordering::SeqCst);
+                let sig = pending.swap(0, Ordering::SeqCst);
+                if p > 0 && sig > 0 {
+                    if let Ok(s) = Signal::try_from(sig) {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(p), s);
+                    }
+                }
+            }
+            b'E' => {
+                let text = String::from_utf8_lossy(&msg[1..]).into_owned();
+                let (code, message) = text
+                    .split_once('\t')
+                    .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
+                    .unwrap_or((error::EXIT_RUNTIME, text));
+                failure.get_or_insert((code, message));
+            }
+            _ => {}
+        }
+    }
+    let status = loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    init_pid.store(-1, Ordering::SeqCst);
+    let code = match status {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+        _ => error::EXIT_RUNTIME,
+    };
+    info!("container exited with status {code}");
+    if let Some(cg) = &res.cgroup {
+        let kills = cg.oom_kills();
+        if kills > 0 {
+            let limit = cfg
+                .limits
+                .memory
+                .map(|m| format!(" (memory limit {})", human(m)))
+                .unwrap_or_default();
+            eprintln!(
+                "strata: out of memory: the kernel's OOM killer killed {kills} process{} of the container{limit}",
+                if kills == 1 { "" } else { "es" }
+            );
+        }
+    }
+    let cleanup = res.release();
+    for e in &cleanup {
+        eprintln!("strata: cleanup: {e}");
+    }
+    if let Some((code, message)) = failure {
+        return Err(ProcessError::Child { code, message }.into());
+    }
+    if !cleanup.is_empty() && code == 0 {
+        return Ok(error::EXIT_RUNTIME);
+    }
+    Ok(code)
+}
+
+fn human(bytes: u64) -> String {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// The parent's signal thread: forwards stop signals sent to `strata` by a process to the
+/// container's init (a terminal's Ctrl-C already reached the command through the process
+/// group). A signal that comes before init exists is kept and sent once it does.
+fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32) {
+    while let Ok(info) = sys::wait_signal(set) {
+        let pid = init_pid.load(Ordering::SeqCst);
+        if pid == 0 {
+            pending.store(info.signal as i32, Ordering::SeqCst);
+        } else if pid > 0 && info.from_process {
+            debug!("forwarding {} to the container", info.signal);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), info.signal);
+        }
+    }
+}
+
+/// The intermediate process; returns its exit status.
+fn intermediate(c: &Child, chan: &Channel) -> i32 {
+    if sys::set_parent_death_signal(Signal::SIGKILL).is_err() || nix::unistd::getppid() != c.parent
+    {
+        return error::EXIT_RUNTIME;
+    }
+    if let Some(cg) = c.cgroup {
+        if let Err(e) = cg.join() {
+            return chan.fail(error::EXIT_RUNTIME, &e);
+        }
+    }
+    if c.namespaces.user {
+        if let Err(e) = c.namespaces.unshare_user() {
+            return chan.fail(error::EXIT_RUNTIME, &e);
+        }
+        if chan.send(b"U").is_err() {
+            return error::EXIT_RUNTIME;
+        }
+        match chan.recv() {
+            Ok(m) if m == b"M" => {}
+            _ => return error::EXIT_RUNTIME,
+        }
+        if let Err(e) = c.namespaces.become_root() {
+            return chan.fail(error::EXIT_RUNTIME, &e);
+        }
+        // Credentials changed: set the parent-death signal again, and check the parent.
+        if sys::set_parent_death_signal(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid() != c.parent
+        {
+            return error::EXIT_RUNTIME;
+        }
+    }
+    if let Err(e) = c.namespaces.unshare_container() {
+        return chan.fail(error::EXIT_RUNTIME, &e);
+    }
+    match sys::fork() {
+        Err(e) => chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
+        Ok(sys::Fork::Child) => {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(c, chan)))
+                .unwrap_or(error::EXIT_RUNTIME);
+            sys::exit_now(code)
+        }
+        Ok(sys::Fork::Parent(init_pid)) => {
+            let _ = chan.send(format!("I{init_pid}").as_bytes());
+            loop {
+                match nix::sys::wait::waitpid(init_pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    Ok(WaitStatus::Exited(_, code)) => return code,
+                    Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+                    Ok(_) => continue,
+                    Err(_) => return error::EXIT_RUNTIME,
+                }
+            }
+        }
+    }
+}
+
+/// The container's init (pid 1); returns its exit status (the command's).
+fn init(c: &Child, chan: &Channel) -> i32 {
+    // (getppid() is 0 here: the parent is outside the new pid namespace.)
+    if sys::set_parent_death_signal(Signal::SIGKILL).is_err() {
+        return error::EXIT_RUNTIME;
+    }
+    let _ = sys::set_not_dumpable();
+    if let Err(e) = namespaces::set_hostname(&c.hostname) {
+        return chan.fail(error::EXIT_RUNTIME, &e);
+    }
+    if c.namespaces.net {
+        if let Err(e) = namespaces::loopback_up() {
+            return chan.fail(error::EXIT_RUNTIME, &e);
+        }
+    }
+    let spec = RootfsSpec {
+        root: c.root,
+        stack: c.stack,
+        binds: &c.cfg.binds,
+        tmpfs: &c.cfg.tmpfs,
+        read_only: c.cfg.read_only,
+        rootless: c.namespaces.user,
+        net_none: c.namespaces.net,
+        cgroup2: c.cgroup2_in_container,
+        workdir: &c.cfg.workdir,
+    };
+    if let Err(e) = rootfs::setup(&spec) {
+        return chan.fail(error::EXIT_RUNTIME, &e);
+    }
+    let mut set = stop_signals();
+    set.add(Signal::SIGCHLD);
+    if let Err(errno) = sys::block_signals(&set) {
+        return chan.fail(
+            error::EXIT_RUNTIME,
+            &ProcessError::Setup {
+                what: "blocking signals",
+                errno,
+            },
+        );
+    }
+    let cmd = match sys::fork() {
+        Err(e) => return chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
+        Ok(sys::Fork::Child) => {
+            let err =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec_command(c.cfg)))
+                    .unwrap_or(Error::Process(ProcessError::Setup {
+                        what: "starting the command",
+                        errno: Errno::EIO,
+                    }));
+            let code = chan.fail(err.exit_code(), &err);
+            sys::exit_now(code)
+        }
+        Ok(sys::Fork::Parent(pid)) => pid,
+    };
+    info!("init: command started (pid {cmd} in the container)");
+    reap_until(cmd, &set)
+}
+
+/// init's loop: reaps every child, forwards stop signals that a process sent (the parent's
+/// forwarding) to the command, and returns the command's status when it ends.
+fn reap_until(cmd: Pid, set: &SigSet) -> i32 {
+    loop {
+        let info = match sys::wait_signal(set) {
+            Ok(i) => i,
+            Err(_) => return error::EXIT_RUNTIME,
+        };
+        if info.signal != Signal::SIGCHLD {
+            if info.from_process {
+                let _ = nix::sys::signal::kill(cmd, info.signal);
+            }
+            continue;
+        }
+        loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => return code,
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => return 128 + s as i32,
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return error::EXIT_RUNTIME,
+            }
+        }
+    }
+}
+
+/// The command's process: last settings, then execve. Returns only on failure.
+fn exec_command(cfg: &Config) -> Error {
+    let setup =
+        |what: &'static str| move |errno| Error::Process(ProcessError::Setup { what, errno });
+    if let Err(e) = sys::reset_signals() {
+        return setup("resetting signals")(e);
+    }
+    for cap in 0..=sys::last_cap() {
+        if !DEFAULT_CAPS.contains(&cap) {
+            match sys::drop_bounding_cap(cap) {
+                Ok(()) | Err(Errno::EINVAL) => {}
+                Err(e) => return setup("reducing the capability bounding set")(e),
+            }
+        }
+    }
+    if let Err(e) = sys::clear_ambient_caps().and_then(|()| sys::clear_inheritable_caps()) {
+        return setup("clearing capabilities")(e);
+    }
+    let (uid, gid) = cfg.user.unwrap_or((0, 0));
+    if let Err(e) = sys::set_ids(Uid::from_raw(uid), Gid::from_raw(gid), true) {
+        return setup("switching to --user")(e);
+    }
+    if let Err(errno) = nix::unistd::chdir(&cfg.workdir) {
+        return ProcessError::Workdir {
+            path: cfg.workdir.clone(),
+            errno,
+        }
+        .into();
+    }
+    // The working directory must be inside the new root (runc CVE-2024-21626).
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => {}
+        _ => {
+            return ProcessError::Workdir {
+                path: cfg.workdir.clone(),
+                errno: Errno::ENOENT,
+            }
+            .into()
+        }
+    }
+    if let Err(e) = sys::set_no_new_privs() {
+        return setup("setting no_new_privs")(e);
+    }
+    let path_env = cfg
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let name = cfg.command[0].as_os_str();
+    let shown = name.to_string_lossy().into_owned();
+    let program = match find_program(name, path_env) {
+        Some(p) => p,
+        None => return ProcessError::NotFound { command: shown }.into(),
+    };
+    let bad = |_| {
+        Error::Process(ProcessError::Exec {
+            command: shown.clone(),
+            errno: Errno::EINVAL,
+        })
+    };
+    let prog = match sys::cstring_of(program.as_os_str()) {
+        Ok(p) => p,
+        Err(e) => return bad(e),
+    };
+    let args: Result<Vec<CString>, _> = cfg.command.iter().map(|a| sys::cstring_of(a)).collect();
+    let env: Result<Vec<CString>, _> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| sys::cstring_of(OsStr::new(&format!("{k}={v}"))))
+        .collect();
+    let (args, env) = match (args, env) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    if let Err(e) = sys::cloexec_from(3) {
+        return setup("closing file descriptors")(e);
+    }
+    match sys::execve(&prog, &args, &env) {
+        Errno::ENOENT => ProcessError::NotFound { command: shown }.into(),
+        errno => ProcessError::Exec {
+            command: shown,
+            errno,
+        }
+        .into(),
+    }
+}
+
+/// The program to execute: `name` itself when it has a '/', else the first regular file
+/// called `name` in the directories of `path` (in the container's root).
+fn find_program(name: &OsStr, path: &str) -> Option<PathBuf> {
+    if name.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(name));
+    }
+    if name.is_empty() {
+        return None;
+    }
+    path.split(':')
+        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(name))
+        .find(|p| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(64 << 20), "64M");
+        assert_eq!(human(1 << 30), "1G");
+        assert_eq!(human(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn ids_are_12_hex_digits() {
+        let id = new_id();
+        assert_eq!(id.len(), 12);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn program_lookup() {
+        assert_eq!(
+            find_program(OsStr::new("/x/y"), ""),
+            Some(PathBuf::from("/x/y"))
+        );
+        assert!(find_program(OsStr::new("sh"), "/bin:/usr/bin").is_some());
+        assert_eq!(find_program(OsStr::new("no-such-program-x"), "/bin"), None);
+    }
+}

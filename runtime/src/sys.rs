@@ -1,0 +1,456 @@
+//! Every raw system call and every `unsafe` block of the runtime, behind safe wrappers.
+//!
+//! The rest of the crate uses these functions (and the safe functions of `nix`); nothing else
+//! calls `libc` for a system call or contains `unsafe`. Each wrapper returns `Errno` on failure
+//! so callers can attach what they were doing (see `error`).
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+
+pub type SysResult<T> = Result<T, Errno>;
+
+// Constants of the new mount API (stable kernel ABI; spelled out so we do not depend on which
+// libc release exports them).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn cstring(bytes: &[u8]) -> SysResult<CString> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+fn cpath(path: &Path) -> SysResult<CString> {
+    cstring(path.as_os_str().as_bytes())
+}
+
+fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// Result of [`fork`].
+pub enum Fork {
+    Parent(Pid),
+    Child,
+}
+
+/// fork(2). Only called while the process has a single thread (see `process`), so the child
+/// may allocate and run ordinary Rust code. The child must leave through [`exit_now`], never by
+/// returning, so that no destructor of the parent's state runs twice.
+pub fn fork() -> SysResult<Fork> {
+    // SAFETY: the runtime forks only while single-threaded (documented in `process`), so the
+    // child has a consistent heap and no lock held by another thread.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Fork::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Fork::Child),
+    }
+}
+
+/// _exit(2): ends the process without running destructors or atexit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn unshare(flags: CloneFlags) -> SysResult<()> {
+    nix::sched::unshare(flags)
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> SysResult<()> {
+    // SAFETY: the prctl options used here take plain integer arguments.
+    let ret = unsafe {
+        libc::prctl(
+            option,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// PR_SET_PDEATHSIG: `sig` is sent to this process when the thread that forked it ends.
+pub fn set_parent_death_signal(sig: Signal) -> SysResult<()> {
+    prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong)
+}
+
+/// PR_SET_DUMPABLE 0: other processes (even root in the container without CAP_SYS_PTRACE)
+/// cannot open this process's /proc files such as /proc/PID/exe.
+pub fn set_not_dumpable() -> SysResult<()> {
+    prctl(libc::PR_SET_DUMPABLE, 0)
+}
+
+pub fn set_no_new_privs() -> SysResult<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments, all but the first zero.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Drops capability `cap` from the bounding set.
+pub fn drop_bounding_cap(cap: u32) -> SysResult<()> {
+    prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)
+}
+
+pub fn clear_ambient_caps() -> SysResult<()> {
+    // SAFETY: PR_CAP_AMBIENT with PR_CAP_AMBIENT_CLEAR_ALL takes integer arguments.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Empties the inheritable capability set (keeps effective and permitted).
+pub fn clear_inheritable_caps() -> SysResult<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array as capget(2) expects for version 3.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: as above, for capset(2).
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Highest capability number the kernel knows.
+pub fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+pub fn set_ids(uid: Uid, gid: Gid, clear_groups: bool) -> SysResult<()> {
+    if clear_groups {
+        match nix::unistd::setgroups(&[]) {
+            // /proc/PID/setgroups is "deny" in a user namespace mapped without newgidmap.
+            Ok(()) | Err(Errno::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)
+}
+
+/// Sets every catchable signal back to its default action and unblocks all signals, as a
+/// freshly exec'd program expects (Rust's runtime ignores SIGPIPE, for instance).
+pub fn reset_signals() -> SysResult<()> {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+pub fn block_signals(set: &SigSet) -> SysResult<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(set), None)
+}
+
+/// What [`wait_signal`] returns: the signal and whether a process sent it (kill, sigqueue)
+/// rather than the kernel (a terminal's Ctrl-C, which reaches the whole process group anyway).
+pub struct SigInfo {
+    pub signal: Signal,
+    pub from_process: bool,
+}
+
+/// sigwaitinfo(2) on a set of blocked signals.
+pub fn wait_signal(set: &SigSet) -> SysResult<SigInfo> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    loop {
+        // SAFETY: the set is a valid sigset_t and info a writable siginfo_t.
+        let ret = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+        if ret < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        // SAFETY: sigwaitinfo succeeded and filled in the structure.
+        let info = unsafe { info.assume_init() };
+        let signal = Signal::try_from(ret)?;
+        return Ok(SigInfo {
+            signal,
+            from_process: info.si_code <= 0,
+        });
+    }
+}
+
+/// Spawns `cmd` so that it receives `sig` when this thread ends.
+pub fn spawn_with_parent_death_signal(cmd: &mut Command, sig: Signal) -> io::Result<Child> {
+    let sig = sig as libc::c_ulong;
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                sig,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// Marks every file descriptor from `first` on close-on-exec (close_range with
+/// CLOSE_RANGE_CLOEXEC, Linux 5.11); falls back to walking /proc/self/fd.
+pub fn cloexec_from(first: u32) -> SysResult<()> {
+    // SAFETY: close_range only changes descriptor flags.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if ret == 0 {
+        return Ok(());
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|_| Errno::last())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|&fd| fd >= first as i32) {
+        // SAFETY: F_SETFD on a number that may or may not be open; EBADF is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Closes every file descriptor from `first` on.
+pub fn close_from(first: u32) {
+    // SAFETY: closes descriptors this process owns and no longer uses (callers own them all).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if ret != 0 {
+        for fd in first as i32..1024 {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+pub fn execve(path: &CStr, args: &[CString], env: &[CString]) -> Errno {
+    match nix::unistd::execve(path, args, env) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+pub fn cstring_of(s: &OsStr) -> SysResult<CString> {
+    cstring(s.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mounts
+// ---------------------------------------------------------------------------------------------
+
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> SysResult<()> {
+    nix::mount::mount(source, target, fstype, flags, data)
+}
+
+pub fn umount(target: &Path, flags: MntFlags) -> SysResult<()> {
+    nix::mount::umount2(target, flags)
+}
+
+/// Makes the current directory the root of the mount namespace and detaches the old root
+/// (`pivot_root(".", ".")` then `umount2(".", MNT_DETACH)`, as runc does).
+pub fn pivot_to_cwd() -> SysResult<()> {
+    nix::unistd::pivot_root(".", ".")?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")
+}
+
+/// open_tree(OPEN_TREE_CLONE): a detached copy of the mount (tree) at `path`, to be attached
+/// later with [`move_mount`], for instance after pivot_root has hidden `path`.
+pub fn open_tree(path: &Path, recursive: bool) -> SysResult<OwnedFd> {
+    let c = cpath(path)?;
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: valid C string; the kernel returns a new descriptor that we own.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    // SAFETY: fd is a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches the detached tree `tree` on the file or directory open as `target` (O_PATH).
+pub fn move_mount(tree: &OwnedFd, target: &impl AsFd) -> SysResult<()> {
+    let empty = c"";
+    // SAFETY: both descriptors are open; empty paths with the *_EMPTY_PATH flags.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Makes the (detached or attached) mount tree open as `tree` read-only, recursively.
+pub fn set_tree_read_only(tree: &OwnedFd) -> SysResult<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, attr of the size passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Mount flags (MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC...) of the mount holding `path`, to
+/// keep the locked ones when remounting in a user namespace.
+pub fn mount_flags_of(path: &Path) -> SysResult<MsFlags> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    let f = st.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut out = MsFlags::empty();
+    for (a, b) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(a) {
+            out |= b;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network
+// ---------------------------------------------------------------------------------------------
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> SysResult<()> {
+    // SAFETY: plain socket(2) call; the result is owned below.
+    let fd = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+            as libc::c_long,
+    )?;
+    // SAFETY: fd was just returned by socket(2).
+    let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq passed.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } as libc::c_long)?;
+    // SAFETY: the flags member is the one SIOCGIFFLAGS filled in.
+    unsafe { ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: as above.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Whether `fd` is a terminal.
+pub fn is_terminal(fd: &impl AsFd) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
