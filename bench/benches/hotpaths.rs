@@ -176,9 +176,10 @@ fn main() {
 
     let scratch = Scratch::new(Path::new("/var/tmp/strata-bench-criterion")).expect("scratch");
     let image = LoopFs::create(
-        &scratch.path().join("ext4.img"),
+        &scratch.path().join("image"),
         4,
         &scratch.path().join("img"),
+        true,
     )
     .expect("ext4 image");
     eprintln!("hotpaths: building layers on {}", image.device());
@@ -339,7 +340,7 @@ fn main() {
             .sampling_mode(SamplingMode::Flat)
             .sample_size(10)
             .warm_up_time(Duration::from_millis(100))
-            .measurement_time(Duration::from_secs(5));
+            .measurement_time(Duration::from_secs(15));
         for m in mounted.iter_mut() {
             let label = m.target.label.clone();
             group.bench_function(&label, |b| {

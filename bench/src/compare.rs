@@ -22,6 +22,8 @@ pub struct Config {
     pub out: PathBuf,
     pub svg: PathBuf,
     pub command_line: String,
+    /// Keep the ext4 image in RAM (a tmpfs) rather than on the work dir's disk.
+    pub ram: bool,
 }
 
 /// When the daemon's memory and fds are read.
@@ -58,6 +60,15 @@ pub fn run(cfg: Config) -> Result<()> {
         return Err("the kernel overlay target is the reference of every ratio: keep `overlay` in --targets".into());
     }
 
+    if cfg.ram {
+        let avail_gib = sys::mem_available_kib() as f64 / (1 << 20) as f64;
+        let need = cfg.scale.image_gib as f64 + 2.0;
+        if avail_gib < need {
+            return Err(format!(
+                "--image-on ram needs about {need:.0} GiB of free memory, {avail_gib:.1} GiB available: use --image-on disk"
+            ));
+        }
+    }
     let scratch = Scratch::new(&cfg.work_dir)?;
     let img_dir = scratch.path().join("img");
     eprintln!(
@@ -66,9 +77,10 @@ pub fn run(cfg: Config) -> Result<()> {
         scratch.path().display()
     );
     let image = LoopFs::create(
-        &scratch.path().join("ext4.img"),
+        &scratch.path().join("image"),
         cfg.scale.image_gib,
         &img_dir,
+        cfg.ram,
     )?;
     eprintln!(
         "bench: building the {} layer stack on {}",
@@ -198,7 +210,7 @@ pub fn run(cfg: Config) -> Result<()> {
         stats: stack.stats.clone(),
         command_line: cfg.command_line.clone(),
         elapsed: started.elapsed(),
-        device: image.device().to_string(),
+        device: image.describe(),
     };
     print!("{}", report.summary_text());
     report::write(&report, &cfg.out, &cfg.svg)?;

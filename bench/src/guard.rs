@@ -165,9 +165,12 @@ impl Drop for Mount {
     }
 }
 
-/// A sparse ext4 image attached to a loop device (direct I/O, so the image's own page cache
-/// does not double the caching) and mounted.
+/// A sparse ext4 image attached to a loop device and mounted. With `ram`, the image file lives
+/// in a tmpfs of its own, so that "cold" runs (caches dropped) measure the filesystems rather
+/// than this VM's shared disk; otherwise on the work dir's disk, with direct I/O so the image's
+/// own page cache does not double the caching.
 pub struct LoopFs {
+    tmpfs: Option<PathBuf>,
     image: PathBuf,
     device: Option<String>,
     mountpoint: PathBuf,
@@ -175,28 +178,46 @@ pub struct LoopFs {
 }
 
 impl LoopFs {
-    pub fn create(image: &Path, size_gib: u64, mountpoint: &Path) -> Result<LoopFs> {
-        let file = ctx(
-            format!("creating {}", image.display()),
-            fs::File::create(image),
-        )?;
-        ctx("sizing the image", file.set_len(size_gib << 30))?;
-        drop(file);
+    pub fn create(dir: &Path, size_gib: u64, mountpoint: &Path, ram: bool) -> Result<LoopFs> {
         let mut guard = LoopFs {
-            image: image.to_path_buf(),
+            tmpfs: None,
+            image: dir.join("ext4.img"),
             device: None,
             mountpoint: mountpoint.to_path_buf(),
             mounted: false,
         };
+        ctx(dir.display(), fs::create_dir_all(dir))?;
+        if ram {
+            nix::mount::mount(
+                Some("strata-bench"),
+                dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={}g,mode=0700", size_gib + 1).as_str()),
+            )
+            .map_err(|e| format!("mounting a tmpfs on {}: {e}", dir.display()))?;
+            guard.tmpfs = Some(dir.to_path_buf());
+        }
+        let file = ctx(
+            format!("creating {}", guard.image.display()),
+            fs::File::create(&guard.image),
+        )?;
+        ctx("sizing the image", file.set_len(size_gib << 30))?;
+        drop(file);
         sys::run(
             Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(image),
+                .arg(&guard.image),
         )?;
+        let direct = if ram {
+            "--direct-io=off"
+        } else {
+            "--direct-io=on"
+        };
         let dev = sys::run(
             Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=on"])
-                .arg(image),
+                .args(["--find", "--show", direct])
+                .arg(&guard.image),
         )?;
         guard.device = Some(dev.trim().to_string());
         ctx(
@@ -211,6 +232,20 @@ impl LoopFs {
         )?;
         guard.mounted = true;
         Ok(guard)
+    }
+
+    /// Where the image is, for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.device(),
+            self.image.display(),
+            if self.tmpfs.is_some() {
+                "in RAM: a tmpfs of its own"
+            } else {
+                "on disk, direct I/O"
+            }
+        )
     }
 
     pub fn device(&self) -> &str {
@@ -231,10 +266,15 @@ impl Drop for LoopFs {
         }
         if let Some(dev) = &self.device {
             // A lazily detached mount keeps the device busy; autoclear frees it later.
-            if sys::run(Command::new("losetup").args(["-d", dev])).is_err() {
-                let _ = sys::run(Command::new("losetup").args(["--detach", dev]));
+            if let Err(e) = sys::run(Command::new("losetup").args(["-d", dev])) {
+                eprintln!("bench: {e}");
             }
         }
         let _ = fs::remove_file(&self.image);
+        if let Some(t) = &self.tmpfs {
+            if let Err(e) = unmount(t) {
+                eprintln!("bench: {e}");
+            }
+        }
     }
 }

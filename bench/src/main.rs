@@ -38,6 +38,10 @@ enum Cmd {
         /// Scratch directory for the ext4 image and mountpoints (removed afterwards).
         #[arg(long, default_value = "/var/tmp/strata-bench")]
         work_dir: PathBuf,
+        /// Where the ext4 image lives: `ram` (a tmpfs: cold runs measure the filesystems, not
+        /// this VM's shared disk) or `disk` (under --work-dir, loop device with direct I/O).
+        #[arg(long, default_value = "ram", value_parser = ["ram", "disk"])]
+        image_on: String,
         /// Where to write the report.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
         out: PathBuf,
@@ -65,6 +69,7 @@ fn main() {
             workloads,
             reps,
             work_dir,
+            image_on,
             out,
             svg,
         } => (|| {
@@ -91,6 +96,7 @@ fn main() {
                 workloads,
                 reps: reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
                 work_dir,
+                ram: image_on == "ram",
                 out,
                 svg,
                 command_line: format!(

@@ -211,7 +211,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- storage: layers, uppers and the floor on a fresh ext4 image on {} (loop, direct I/O)",
+            "- storage: layers, uppers and the floor on a fresh ext4 image on {}",
             self.device
         );
         let _ = writeln!(s, "- workspace: {git}");
@@ -331,7 +331,8 @@ impl Report {
                 }
             }
         }
-        let lo = 2f64.powf(lo.log2().floor());
+        // Below 1/16 (the floor's copy-up, say) bars are clipped; their label tells the value.
+        let lo = 2f64.powf(lo.log2().floor()).max(1.0 / 16.0);
         let hi = 2f64.powf(hi.log2().ceil()).min(1024.0);
         let (left, plot_w, top, bar_h, gap) = (190.0, 560.0, 70.0, 9.0, 10.0);
         let group_h = bar_h * shown.len().max(1) as f64 + gap;
@@ -432,7 +433,7 @@ fn fmt_tick(v: f64) -> String {
     if v >= 1.0 {
         format!("{v:.0}")
     } else {
-        format!("{v}")
+        format!("1/{:.0}", 1.0 / v)
     }
 }
 

@@ -49,7 +49,7 @@ impl Scale {
             deep_layers: 50,
             deep_files: 2_000,
             fio_seconds: 5,
-            image_gib: 16,
+            image_gib: 8,
         }
     }
 
@@ -68,7 +68,7 @@ impl Scale {
             deep_layers: 50,
             deep_files: 200,
             fio_seconds: 1,
-            image_gib: 4,
+            image_gib: 3,
         }
     }
 }
