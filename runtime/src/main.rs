@@ -43,7 +43,7 @@ struct RunArgs {
     #[arg(long)]
     read_only: bool,
     /// Memory limit, e.g. 64M, 1G (memory.max)
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     memory: Option<String>,
     /// Memory plus swap limit, as Docker's (-1: unlimited swap)
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
