@@ -1888,7 +1888,9 @@ impl Side {
     fn mount_strata(&mut self) {
         let bin = stratafs_bin();
         let lowers: Vec<&str> = self.lowers.iter().map(|p| p.to_str().unwrap()).collect();
-        let mut opts = format!("lowerdir={}", lowers.join(":"));
+        // The FUSE driver unless E2E_DRIVER says otherwise (auto/kernel: the cross-driver run).
+        let driver = std::env::var("E2E_DRIVER").unwrap_or_else(|_| "fuse".to_string());
+        let mut opts = format!("driver={driver},lowerdir={}", lowers.join(":"));
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
             opts.push_str(&format!(
                 ",upperdir={},workdir={}",

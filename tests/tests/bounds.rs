@@ -24,7 +24,7 @@ impl Mount {
         fs::write(root.join("l/dir/lowerfile"), "x").unwrap();
         let mnt = root.join("m");
         let o = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "driver=fuse,lowerdir={},upperdir={},workdir={}",
             root.join("l").display(),
             root.join("u").display(),
             root.join("w").display()

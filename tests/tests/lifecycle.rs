@@ -82,7 +82,8 @@ impl Scratch {
     }
 
     fn opts(&self, lower: &str) -> String {
-        format!("lowerdir={}", self.root.join(lower).display())
+        // The daemon's life cycle is the FUSE driver's.
+        format!("driver=fuse,lowerdir={}", self.root.join(lower).display())
     }
 }
 

@@ -8,7 +8,7 @@
 //! `parse` is purely syntactic (no filesystem access) so it can be unit tested; `validate`
 //! checks the paths and canonicalizes them.
 
-use crate::options::{Options, XattrNamespace};
+use crate::options::{Driver, Options, XattrNamespace};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -54,7 +54,6 @@ pub enum CliError {
         option: &'static str,
         value: String,
     },
-    NotImplemented(String),
     /// A path that cannot be used (missing, unreadable...).
     Path {
         what: &'static str,
@@ -97,7 +96,6 @@ impl fmt::Display for CliError {
             CliError::EmptyPath { option, value } => {
                 write!(f, "{option}: empty path in '{value}'")
             }
-            CliError::NotImplemented(what) => write!(f, "{what}: not implemented yet"),
             CliError::Path { what, path, err } => {
                 write!(f, "{what} {}: {}", path.display(), io_error_text(err))
             }
@@ -170,7 +168,12 @@ Layer options:
                       (without upperdir and workdir the mount is read-only)
   userxattr           keep overlay markers in user.overlay.* instead of trusted.overlay.*
   threads=N           threads serving requests (default 4)
-  driver=fuse|auto    implementation to use (only fuse for now)
+  driver=auto|fuse|kernel
+                      who serves the stack: the kernel's overlay or stratafs over FUSE;
+                      auto (default) takes the kernel where it permits the mount and can
+                      honour the stack, FUSE otherwise (-v says which and why)
+  xwhiteouts          FUSE driver: write whiteouts as empty files with the overlay.whiteout
+                      xattr (what it does anyway where 0/0 devices cannot be made)
 
 Generic options (as passed by mount(8)):
   ro rw nodev dev nosuid suid noexec exec noatime atime relatime strictatime
@@ -448,8 +451,18 @@ fn apply_item(
         }
         b"driver" => {
             return match need_value()? {
-                b"fuse" | b"auto" => Ok(()),
-                b"kernel" => Err(CliError::NotImplemented("driver=kernel".to_string())),
+                b"fuse" => {
+                    opts.driver = Driver::Fuse;
+                    Ok(())
+                }
+                b"auto" => {
+                    opts.driver = Driver::Auto;
+                    Ok(())
+                }
+                b"kernel" => {
+                    opts.driver = Driver::Kernel;
+                    Ok(())
+                }
                 _ => Err(CliError::BadValue {
                     option: "driver".to_string(),
                     value: value_str(),
@@ -477,6 +490,7 @@ fn apply_item(
         b"noatime" => Some(|o| o.noatime = true),
         b"allow_other" | b"allow_root" => Some(|o| o.allow_other = true),
         b"userxattr" => Some(|o| o.xattr_ns = Some(XattrNamespace::User)),
+        b"xwhiteouts" => Some(|o| o.xwhiteouts = true),
         // Accepted without effect: default_permissions is always on; the rest are either
         // meaningful only to mount(8)/fstab or not supported by FUSE mounts.
         b"default_permissions"
@@ -732,10 +746,14 @@ mod tests {
         let o = mount(&["-o", "lowerdir=/l,userxattr,threads=7,driver=fuse", "/m"]);
         assert_eq!(o.xattr_ns, Some(XattrNamespace::User));
         assert_eq!(o.threads, 7);
-        mount(&["-o", "lowerdir=/l,driver=auto", "/m"]);
+        assert_eq!(o.driver, Driver::Fuse);
+        assert_eq!(mount(&["-o", "lowerdir=/l", "/m"]).driver, Driver::Auto);
+        let o = mount(&["-o", "lowerdir=/l,driver=kernel,xwhiteouts", "/m"]);
+        assert_eq!(o.driver, Driver::Kernel);
+        assert!(o.xwhiteouts);
         assert!(matches!(
-            error(&["-o", "lowerdir=/l,driver=kernel", "/m"]),
-            CliError::NotImplemented(_)
+            error(&["-o", "lowerdir=/l,driver=zfs", "/m"]),
+            CliError::BadValue { .. }
         ));
         for bad in ["threads=0", "threads=x", "threads=100000", "threads"] {
             let arg = format!("lowerdir=/l,{bad}");

@@ -35,12 +35,20 @@ struct Handle {
     file: RwLock<(OwnedFd, LayerIdx)>,
 }
 
+/// An open directory of one layer, read with the layer's offsets.
+struct RealDir {
+    fd: OwnedFd,
+    lower: bool,
+    /// Marked as holding xattr whiteouts: empty files must be checked.
+    xwhiteouts: bool,
+}
+
 struct DirHandle {
     ino: u64,
     /// A merged directory's listing, taken at offset 0.
     entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
     /// A directory of a single layer: the real directory, read with its own offsets.
-    real: Option<Mutex<(OwnedFd, bool)>>,
+    real: Option<Mutex<RealDir>>,
 }
 
 pub struct StrataFs {
@@ -268,7 +276,7 @@ impl StrataFs {
         let (ppath, _pinfo) = self.node(parent)?;
         let udir = self.layers.dir(0, &ppath)?;
         let over_whiteout = match sys::fstatat(udir.fd(), name) {
-            Ok(st) if whiteout::is_whiteout(&st) => true,
+            Ok(st) if self.layers.is_whiteout_at(udir.fd(), name, &st) => true,
             Ok(_) => return Err(sys::err(libc::EEXIST)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
             Err(e) => return Err(e),
@@ -486,8 +494,9 @@ impl StrataFs {
                 sys::unlinkat(udir.fd(), name, false)?;
             }
         } else {
-            whiteout::make_whiteout(udir.fd(), name)?;
+            self.layers.make_whiteout(udir.fd(), name)?;
         }
+        self.layers.note_whiteout(udir.fd())?;
         self.inodes.unlink(parent, name);
         Ok(())
     }
@@ -496,14 +505,20 @@ impl StrataFs {
     fn replace_with_whiteout(&self, udir: BorrowedFd, name: &OsStr) -> Res<()> {
         let work = self.layers.work()?;
         let tmp = self.copy.temp_name();
-        match sys::renameat2(udir, name, work, &tmp, sys::RENAME_WHITEOUT) {
+        let swapped = if self.layers.xwhiteouts() {
+            Err(sys::err(libc::EPERM))
+        } else {
+            sys::renameat2(udir, name, work, &tmp, sys::RENAME_WHITEOUT)
+        };
+        match swapped {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM)) => {
-                whiteout::make_whiteout(work, &tmp)?;
+                self.layers.make_whiteout(work, &tmp)?;
                 sys::renameat2(work, &tmp, udir, name, sys::RENAME_EXCHANGE)?;
             }
             Err(e) => return Err(e),
         }
+        self.layers.note_whiteout(udir)?;
         crate::layers::remove_tree(work, &tmp)
     }
 
@@ -632,7 +647,7 @@ impl StrataFs {
                 // A directory cannot be renamed over a whiteout or over a directory holding
                 // whiteouts: swap them, then deal with what is left at the source.
                 sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_EXCHANGE)?;
-                if whiteout::is_whiteout(&dst_st) {
+                if self.layers.is_whiteout_at(sdir.fd(), name, &dst_st) {
                     if !src_lower {
                         sys::unlinkat(sdir.fd(), name, false)?;
                     }
@@ -647,8 +662,12 @@ impl StrataFs {
             }
             _ => {
                 if src_lower {
-                    match sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_WHITEOUT)
-                    {
+                    let moved = if self.layers.xwhiteouts() {
+                        Err(sys::err(libc::EPERM))
+                    } else {
+                        sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_WHITEOUT)
+                    };
+                    match moved {
                         Ok(()) => {}
                         Err(e)
                             if matches!(
@@ -657,7 +676,8 @@ impl StrataFs {
                             ) =>
                         {
                             sys::renameat2(sdir.fd(), name, ddir.fd(), newname, 0)?;
-                            whiteout::make_whiteout(sdir.fd(), name)?;
+                            self.layers.make_whiteout(sdir.fd(), name)?;
+                            self.layers.note_whiteout(sdir.fd())?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -686,7 +706,7 @@ impl StrataFs {
         let sdir = self.layers.dir(0, parent_of(&path))?;
         let ddir = self.layers.dir(0, &nppath)?;
         match sys::fstatat(ddir.fd(), newname) {
-            Ok(st) if whiteout::is_whiteout(&st) => {
+            Ok(st) if self.layers.is_whiteout_at(ddir.fd(), newname, &st) => {
                 let work = self.layers.work()?;
                 let tmp = self.copy.temp_name();
                 sys::linkat(sdir.fd(), &info.name, work, &tmp)?;
@@ -1118,7 +1138,12 @@ impl fuser::Filesystem for StrataFs {
                 let fd = self
                     .layers
                     .open(l, &path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-                Some(Mutex::new((fd, !self.layers.is_upper(l))))
+                let xwhiteouts = self.layers.has_xwhiteouts(fd.as_fd());
+                Some(Mutex::new(RealDir {
+                    fd,
+                    lower: !self.layers.is_upper(l),
+                    xwhiteouts,
+                }))
             } else {
                 None
             };
@@ -1153,7 +1178,7 @@ impl fuser::Filesystem for StrataFs {
         };
         if let Some(real) = &dh.real {
             let g = real.lock();
-            let (fd, lower) = (&g.0, g.1);
+            let fd = &g.fd;
             let r = (|| -> Res<()> {
                 sys::lseek(fd.as_fd(), offset as i64, libc::SEEK_SET)?;
                 let mut buf = vec![0u8; 32 * 1024];
@@ -1163,7 +1188,7 @@ impl fuser::Filesystem for StrataFs {
                         return Ok(());
                     }
                     for e in batch {
-                        if !readdir::shown(fd.as_fd(), lower, &e.name, e.kind) {
+                        if !readdir::shown(&self.layers, fd.as_fd(), g.lower, g.xwhiteouts, &e) {
                             continue;
                         }
                         if reply.add(INodeNo(e.ino), e.next_off as u64, dt_type(e.kind), &e.name) {

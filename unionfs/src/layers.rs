@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Index of a layer in `Layers::layers`; the upper, when present, is 0.
 pub type LayerIdx = usize;
@@ -60,6 +61,9 @@ pub struct Layers {
     /// Every layer on one filesystem: inode numbers are unique across layers, so a copied-up
     /// entry keeps its lower inode number (recorded in the upper as its "origin").
     pub same_fs: bool,
+    /// Whiteouts are written as zero-size files with the `overlay.whiteout` xattr: asked for,
+    /// or found necessary when the upper refused a 0/0 device.
+    xwhiteouts: AtomicBool,
 }
 
 /// Name of the scratch directory inside workdir, the same as the kernel's.
@@ -100,11 +104,15 @@ impl Layers {
         for l in &opts.lowerdirs {
             layers.push(open_root("lowerdir", l)?);
         }
-        let xattr_ns = opts.xattr_ns.unwrap_or(if sys::geteuid() == 0 {
-            XattrNamespace::Trusted
-        } else {
-            XattrNamespace::User
-        });
+        // trusted.* needs CAP_SYS_ADMIN in the initial user namespace; otherwise markers live
+        // in user.overlay.*, as the kernel's `userxattr`.
+        let xattr_ns = opts.xattr_ns.unwrap_or(
+            if sys::mount::in_initial_userns() && sys::mount::has_cap_sys_admin() {
+                XattrNamespace::Trusted
+            } else {
+                XattrNamespace::User
+            },
+        );
         let same_fs = layers.windows(2).all(|w| w[0].dev == w[1].dev);
         Ok(Layers {
             layers,
@@ -112,6 +120,7 @@ impl Layers {
             work,
             xattr_ns,
             same_fs,
+            xwhiteouts: AtomicBool::new(opts.xwhiteouts),
         })
     }
 
@@ -175,6 +184,80 @@ impl Layers {
                 log::debug!("origin not recorded: {e}");
             }
         }
+    }
+
+    fn xattr_name(&self, what: &str) -> OsString {
+        OsString::from(format!("{}{what}", self.xattr_ns.prefix()))
+    }
+
+    /// Whether the entry `name` in `dir`, of stat `st`, is a whiteout: a 0/0 character device,
+    /// or a zero-size regular file carrying the `overlay.whiteout` xattr.
+    pub fn is_whiteout_at(&self, dir: BorrowedFd, name: &OsStr, st: &sys::Stat) -> bool {
+        if whiteout::is_whiteout(st) {
+            return true;
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+            return false;
+        }
+        sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map(|fd| sys::fgetxattr(fd.as_fd(), &self.xattr_name("whiteout")).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Whether the layer directory `dir` is marked as holding xattr whiteouts (opaque "x"),
+    /// so that its listing must check its empty files.
+    pub fn has_xwhiteouts(&self, dir: BorrowedFd) -> bool {
+        sys::fgetxattr(dir, &self.opaque_xattr())
+            .map(|v| v == b"x")
+            .unwrap_or(false)
+    }
+
+    /// Creates a whiteout `name` in `dir`: a 0/0 device, or where that is refused (or
+    /// `xwhiteouts` asks), an empty file with the `overlay.whiteout` xattr. The caller marks
+    /// the upper directory it ends up in with `note_whiteout`.
+    pub fn make_whiteout(&self, dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+        if !self.xwhiteouts.load(Ordering::Relaxed) {
+            match whiteout::make_whiteout(dir, name) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    log::info!("0/0 devices refused here: whiteouts become xattr files");
+                    self.xwhiteouts.store(true, Ordering::Relaxed);
+                }
+                r => return r,
+            }
+        }
+        let fd = sys::openat(
+            dir,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let r = sys::fsetxattr(fd.as_fd(), &self.xattr_name("whiteout"), b"y", 0);
+        if r.is_err() {
+            let _ = sys::unlinkat(dir, name, false);
+        }
+        r
+    }
+
+    /// Whether whiteouts are xattr files (so `RENAME_WHITEOUT`, which makes devices, is out).
+    pub fn xwhiteouts(&self) -> bool {
+        self.xwhiteouts.load(Ordering::Relaxed)
+    }
+
+    /// After a whiteout landed in the upper directory `udir`: with xattr whiteouts, mark the
+    /// directory opaque "x" (unless it is opaque already) so that listings look for them, and
+    /// the upper root too: the kernel reads xattr whiteouts in listings of a lower layer whose
+    /// root is so marked, which this upper becomes when stacked under another.
+    pub fn note_whiteout(&self, udir: BorrowedFd) -> io::Result<()> {
+        if !self.xwhiteouts() {
+            return Ok(());
+        }
+        for dir in [udir, self.root(0)] {
+            match sys::fgetxattr(dir, &self.opaque_xattr()) {
+                Ok(v) if v == b"y" || v == b"x" => {}
+                _ => sys::fsetxattr(dir, &self.opaque_xattr(), b"x", 0)?,
+            }
+        }
+        Ok(())
     }
 
     pub fn opaque_xattr(&self) -> OsString {
@@ -323,7 +406,7 @@ impl Layers {
             };
             match sys::fstatat(dir.fd(), name) {
                 Ok(st) => {
-                    if whiteout::is_whiteout(&st) {
+                    if self.is_whiteout_at(dir.fd(), name, &st) {
                         break;
                     }
                     match &mut found {

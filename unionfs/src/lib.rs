@@ -3,7 +3,7 @@
 //!
 //! Module map: `options` (what the user asked for), `cli` (parsing and validating the command
 //! line), `sys` (every raw syscall and `unsafe`), `layers` (the layer stack and path resolution
-//! inside a layer), `whiteout` (whiteout and opaque markers), `inodes` (FUSE inode table),
+//! inside a layer), `whiteout` (whiteout and opaque markers), `inodes` (FUSE inode table), `kernel_overlay` (the kernel driver),
 //! `readdir` (merged directory listings), `copy_up`, `fs` (the FUSE glue) and `mount` (mounting,
 //! daemonizing, unmounting).
 
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod copy_up;
 pub mod fs;
 pub mod inodes;
+pub mod kernel_overlay;
 pub mod layers;
 pub mod mount;
 pub mod options;

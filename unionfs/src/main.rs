@@ -1,7 +1,7 @@
 //! `stratafs`: mount a union filesystem (see `stratafs --help`), or run `stratafs demo`.
 
 use std::io::Write;
-use unionfs::{cli, mount};
+use unionfs::{cli, kernel_overlay, mount};
 
 /// Writes a line to stdout, ignoring errors (a closed pipe must not turn into a panic).
 macro_rules! say {
@@ -38,6 +38,9 @@ fn real_main() -> Result<(), String> {
         cli::Command::Mount(opts) => {
             init_logging(opts.verbose, opts.debug);
             let opts = cli::validate(&opts).map_err(|e| e.to_string())?;
+            if kernel_overlay::try_kernel(&opts)?.is_none() {
+                return Ok(());
+            }
             mount::run(&opts).map_err(|e| e.to_string())
         }
     }
@@ -186,7 +189,8 @@ mod demo {
         list(&top, "");
         say!("");
 
-        let mut opts = std::ffi::OsString::from("lowerdir=");
+        // The FUSE driver: the demo is about stratafs itself, not the kernel's overlay.
+        let mut opts = std::ffi::OsString::from("driver=fuse,lowerdir=");
         opts.push(escape_path(top.as_os_str()));
         opts.push(":");
         opts.push(escape_path(base.as_os_str()));

@@ -20,6 +20,15 @@ impl XattrNamespace {
     }
 }
 
+/// Which implementation serves the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// The kernel's overlay where it is permitted and can honour the stack, else FUSE.
+    Auto,
+    Fuse,
+    Kernel,
+}
+
 /// Everything needed to mount one stack.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -51,6 +60,10 @@ pub struct Options {
     pub threads: usize,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
+    pub driver: Driver,
+    /// Write whiteouts as zero-size files with the `overlay.whiteout` xattr (what the FUSE
+    /// driver falls back to where a 0/0 device cannot be made).
+    pub xwhiteouts: bool,
 }
 
 impl Options {
@@ -72,6 +85,8 @@ impl Options {
             xattr_ns: None,
             threads: 4,
             fsname: "stratafs".to_string(),
+            driver: Driver::Auto,
+            xwhiteouts: false,
         }
     }
 

@@ -105,13 +105,12 @@ fn read_layer_dir(
         }
     }
     let mut out = Vec::with_capacity(entries.len() + oci_hidden.len());
+    let xwh = layers.has_xwhiteouts(dirfd.fd());
     for e in entries {
         if lower && whiteout::is_oci_marker(&e.name) {
             continue;
         }
-        let hidden = oci_hidden.remove(&e.name)
-            || ((e.kind == libc::DT_CHR || e.kind == libc::DT_UNKNOWN)
-                && is_whiteout_at(dirfd.fd(), &e.name));
+        let hidden = oci_hidden.remove(&e.name) || is_listed_whiteout(layers, dirfd.fd(), xwh, &e);
         out.push((
             MergedEntry {
                 name: e.name,
@@ -135,19 +134,31 @@ fn read_layer_dir(
     Ok(out)
 }
 
-fn is_whiteout_at(dir: BorrowedFd, name: &OsStr) -> bool {
-    sys::fstatat(dir, name)
-        .map(|st| whiteout::is_whiteout(&st))
-        .unwrap_or(false)
+/// Whether a listed entry is a whiteout: a 0/0 device, or (in a directory marked as holding
+/// them) an xattr whiteout, as the kernel checks in listings.
+fn is_listed_whiteout(layers: &Layers, dir: BorrowedFd, xwh: bool, e: &sys::DirEntry) -> bool {
+    let maybe =
+        e.kind == libc::DT_CHR || e.kind == libc::DT_UNKNOWN || (xwh && e.kind == libc::DT_REG);
+    maybe
+        && sys::fstatat(dir, &e.name)
+            .map(|st| {
+                whiteout::is_whiteout(&st) || (xwh && layers.is_whiteout_at(dir, &e.name, &st))
+            })
+            .unwrap_or(false)
 }
 
 /// Whether a real directory entry is shown: whiteouts and (in a lower layer) OCI markers are
 /// not.
-pub fn shown(dir: BorrowedFd, lower: bool, name: &OsStr, kind: u8) -> bool {
-    if lower && whiteout::is_oci_marker(name) {
+pub fn shown(layers: &Layers, dir: BorrowedFd, lower: bool, xwh: bool, e: &sys::RawDirent) -> bool {
+    if lower && whiteout::is_oci_marker(&e.name) {
         return false;
     }
-    !((kind == libc::DT_CHR || kind == libc::DT_UNKNOWN) && is_whiteout_at(dir, name))
+    let entry = sys::DirEntry {
+        name: e.name.clone(),
+        ino: e.ino,
+        kind: e.kind,
+    };
+    !is_listed_whiteout(layers, dir, xwh, &entry)
 }
 
 /// Whether the merged directory has no entry at all (rmdir and rename over it need that).

@@ -217,3 +217,163 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
         None => Ok(None),
     }
 }
+
+// ---- the new mount API, for the kernel overlay driver ----
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x01;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x02;
+pub const MOUNT_ATTR_NODEV: u64 = 0x04;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x08;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+
+fn cstring(s: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// fsopen(2): a filesystem context for `fstype`.
+pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
+    let t = cstring(fstype.as_bytes())?;
+    // SAFETY: valid C string; FSOPEN_CLOEXEC = 1; the returned fd is ours.
+    let fd = check(unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), 1 as libc::c_uint) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fsconfig(FSCONFIG_SET_STRING, key, value).
+pub fn fsconfig_string(fs: &OwnedFd, key: &str, value: &[u8]) -> io::Result<()> {
+    let k = cstring(key.as_bytes())?;
+    let v = cstring(value)?;
+    // SAFETY: valid C strings; FSCONFIG_SET_STRING = 1.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            1 as libc::c_uint,
+            k.as_ptr(),
+            v.as_ptr(),
+            0 as libc::c_int,
+        )
+    })?;
+    Ok(())
+}
+
+/// fsconfig(FSCONFIG_SET_FLAG, key).
+pub fn fsconfig_flag(fs: &OwnedFd, key: &str) -> io::Result<()> {
+    let k = cstring(key.as_bytes())?;
+    // SAFETY: valid C string; FSCONFIG_SET_FLAG = 0.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            0 as libc::c_uint,
+            k.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0 as libc::c_int,
+        )
+    })?;
+    Ok(())
+}
+
+/// fsconfig(FSCONFIG_CMD_CREATE): make the superblock.
+pub fn fsconfig_create(fs: &OwnedFd) -> io::Result<()> {
+    // SAFETY: FSCONFIG_CMD_CREATE = 6 takes no key or value.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            6 as libc::c_uint,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0 as libc::c_int,
+        )
+    })?;
+    Ok(())
+}
+
+/// The messages the kernel left on a filesystem context (read after a failed fsconfig).
+pub fn fs_messages(fs: &OwnedFd) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: reading into a valid buffer of its length.
+        let n = unsafe { libc::read(fs.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.push(
+            String::from_utf8_lossy(&buf[..n as usize])
+                .trim()
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// fsmount(2) then move_mount(2) onto `target`.
+pub fn fsmount_at(fs: &OwnedFd, attrs: u64, target: &Path) -> io::Result<()> {
+    // SAFETY: FSMOUNT_CLOEXEC = 1; the returned fd is ours.
+    let m = check(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            1 as libc::c_uint,
+            attrs as libc::c_uint,
+        )
+    })?;
+    let m = unsafe { OwnedFd::from_raw_fd(m as RawFd) };
+    let t = cstring(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: MOVE_MOUNT_F_EMPTY_PATH = 4 moves the mount behind `m` to `t`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            m.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            4 as libc::c_uint,
+        )
+    })?;
+    Ok(())
+}
+
+/// Whether this process is in the initial user namespace.
+pub fn in_initial_userns() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"],
+        Err(_) => true,
+    }
+}
+
+/// The running kernel's (major, minor) version.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid out-pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether the process has CAP_SYS_ADMIN in its user namespace.
+pub fn has_cap_sys_admin() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .map(|caps| caps & (1 << 21) != 0)
+        .unwrap_or(false)
+}
