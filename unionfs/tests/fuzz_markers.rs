@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use unionfs::layers::Layers;
-use unionfs::options::XattrNamespace;
+use unionfs::options::{Options, XattrNamespace};
 use unionfs::whiteout;
 
 /// 1024 cases per property (PROPTEST_CASES overrides): the targets are pure and fast.
@@ -26,16 +26,24 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// A stack without layers: enough for the pure name-mapping methods (`escape_xattr`,
-/// `unescape_xattr`, `is_private_xattr`), which only look at the marker namespace.
+/// A read-only stack of one empty lower layer with the marker namespace `ns`: enough for the
+/// pure name-mapping methods (`escape_xattr`, `unescape_xattr`, `is_private_xattr`), which only
+/// look at the namespace. `Layers` has private fields, so it is opened for real, over a temp dir
+/// that is removed right away (the stack keeps its fd).
 fn stack(ns: XattrNamespace) -> Layers {
-    Layers {
-        layers: Vec::new(),
-        has_upper: false,
-        work: None,
-        xattr_ns: ns,
-        same_fs: false,
-    }
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fuzz-markers-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut opts = Options::new(vec![dir.clone()], dir.clone());
+    opts.xattr_ns = Some(ns);
+    let l = Layers::open_stack(&opts).expect("open a one-layer stack");
+    std::fs::remove_dir(&dir).expect("remove temp dir");
+    l
 }
 
 fn namespace() -> impl Strategy<Value = XattrNamespace> {
