@@ -46,6 +46,9 @@ use std::time::Duration;
 pub use nix::errno::Errno;
 pub use ops::*;
 
+// Randomized differential testing (generator, runner, shrinker): see tests/src/random.rs.
+pub mod random;
+
 /// Result of an operation: a comparable value or the errno.
 pub type R<T> = Result<T, Errno>;
 
@@ -1872,8 +1875,11 @@ impl Side {
         }
         self.mounted = true;
         let magic = statfs(&self.mnt).map(|s| s.ftype).unwrap_or(0);
+        let strata_kernel = std::env::var("E2E_DRIVER").is_ok_and(|d| d != "fuse");
         let want = match self.imp {
             Impl::Kernel => OVERLAYFS_SUPER_MAGIC,
+            // With E2E_DRIVER=auto|kernel stratafs may hand the stack to the kernel's overlay.
+            Impl::Strata if strata_kernel && magic == OVERLAYFS_SUPER_MAGIC => magic,
             Impl::Strata => FUSE_SUPER_MAGIC,
         };
         assert_eq!(
@@ -1886,10 +1892,14 @@ impl Side {
     }
 
     fn mount_strata(&mut self) {
-        let bin = stratafs_bin();
-        let lowers: Vec<&str> = self.lowers.iter().map(|p| p.to_str().unwrap()).collect();
         // The FUSE driver unless E2E_DRIVER says otherwise (auto/kernel: the cross-driver run).
         let driver = std::env::var("E2E_DRIVER").unwrap_or_else(|_| "fuse".to_string());
+        self.mount_strata_with(&driver);
+    }
+
+    fn mount_strata_with(&mut self, driver: &str) {
+        let bin = stratafs_bin();
+        let lowers: Vec<&str> = self.lowers.iter().map(|p| p.to_str().unwrap()).collect();
         let mut opts = format!("driver={driver},lowerdir={}", lowers.join(":"));
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
             opts.push_str(&format!(
@@ -2387,6 +2397,34 @@ impl Pair {
             &trees[0],
             "kernel-over-stratafs-layers",
             &trees[1],
+        );
+        // The other direction: stratafs's FUSE driver over the layers the kernel wrote shows
+        // what the kernel shows.
+        if selftest() {
+            return;
+        }
+        let side = &mut self.k;
+        let w3 = side.set.join("w3");
+        if w3.exists() {
+            fs::remove_dir_all(&w3).expect("rm w3");
+        }
+        fs::create_dir_all(&w3).expect("mkdir w3");
+        let saved_work = side.work.replace(w3);
+        side.mount_strata_with("fuse");
+        side.mounted = true;
+        let t = snapshot_with(&side.mnt, &side.merged_opts(&roots));
+        let r = side.umount();
+        side.work = saved_work;
+        r.unwrap_or_else(|e| panic!("{e}"));
+        assert_trees_eq(
+            &format!(
+                "[{}] stratafs over the kernel's layers: merged views differ",
+                self.name
+            ),
+            "kernel-over-kernel-layers",
+            &trees[0],
+            "stratafs-over-kernel-layers",
+            &t,
         );
     }
 }
