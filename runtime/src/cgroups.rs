@@ -407,6 +407,34 @@ impl Cgroup {
         }
     }
 
+    /// The `cgroup.procs` files of the calling process's current cgroups (one per hierarchy in
+    /// use), opened now: writing 0 to them later (see [`leave`]) takes a process back there,
+    /// even from inside a new cgroup namespace (the namespace is checked at open).
+    pub fn origin(&self) -> Vec<fs::File> {
+        let paths: Vec<PathBuf> = match &self.kind {
+            Kind::V2 => v2_mount()
+                .zip(own_cgroup(None))
+                .map(|(m, rel)| join_rel(&m, &rel).join("cgroup.procs"))
+                .into_iter()
+                .collect(),
+            Kind::V1(dirs) => {
+                let mounts = mounts();
+                dirs.iter()
+                    .filter_map(|(c, _)| {
+                        let (m, _, _) = mounts
+                            .iter()
+                            .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == *c))?;
+                        Some(join_rel(m, &own_cgroup(Some(c))?).join("cgroup.procs"))
+                    })
+                    .collect()
+            }
+        };
+        paths
+            .iter()
+            .filter_map(|p| fs::OpenOptions::new().write(true).open(p).ok())
+            .collect()
+    }
+
     /// How many processes the OOM killer has killed in the cgroup.
     pub fn oom_kills(&self) -> u64 {
         let (file, key) = match &self.kind {
@@ -480,6 +508,18 @@ impl Cgroup {
         }
         self.removed = true;
         Ok(())
+    }
+}
+
+/// Moves the calling process back to the cgroups opened by [`Cgroup::origin`] (the
+/// intermediate process, once the container's init is born, so that it does not count in the
+/// container's limits).
+pub fn leave(origin: &[fs::File]) {
+    use std::io::Write;
+    for mut f in origin {
+        if let Err(e) = f.write_all(b"0") {
+            debug!("cgroup: leaving: {e}");
+        }
     }
 }
 

@@ -15,10 +15,11 @@
 //!  │     maps, answer "M" │    and answers "M"; become root in the namespace
 //!  │                      │ c. unshare mount, uts, ipc, cgroup, pid (+ net) namespaces
 //!  │                      │ d. fork ──────────┐
-//!  │  5. "I<pid>": from   │ say "I<pid>"      init: pid 1 of the new pid namespace
-//!  │     now on forward   │ wait for init,    │ parent-death signal SIGKILL; not dumpable (its
-//!  │     signals to init  │ exit with its     │ /proc/1/exe, the runtime binary, is unreachable)
-//!  │                      │ status            │ hostname, lo up, the root filesystem (rootfs)
+//!  │  5. "I<pid>": from   │ leave the cgroup, init: pid 1 of the new pid namespace
+//!  │     now on forward   │ say "I<pid>",     │ parent-death signal SIGKILL; not dumpable (its
+//!  │     signals to init  │ wait for init,    │ /proc/1/exe, the runtime binary, is unreachable)
+//!  │                      │ exit with its     │ hostname, lo up, the root filesystem (rootfs)
+//!  │                      │ status            │
 //!  │                      │                   │ fork ────────────┐
 //!  │                      │                   │                  command (pid 2)
 //!  │                      │                   │                  │ default signals; capability
@@ -390,6 +391,7 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
     {
         return error::EXIT_RUNTIME;
     }
+    let origin = c.cgroup.map(Cgroup::origin).unwrap_or_default();
     if let Some(cg) = c.cgroup {
         if let Err(e) = cg.join() {
             return chan.fail(error::EXIT_RUNTIME, &e);
@@ -427,6 +429,9 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
             sys::exit_now(code)
         }
         Ok(sys::Fork::Parent(init_pid)) => {
+            // Only the container counts in its limits: this process goes back.
+            cgroups::leave(&origin);
+            drop(origin);
             let _ = chan.send(format!("I{init_pid}").as_bytes());
             loop {
                 match nix::sys::wait::waitpid(init_pid, None) {

@@ -256,7 +256,15 @@ impl StackMount {
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None,
             ),
-            StackMount::Fuse => Ok(()),
+            // stratafs mounted it from outside this namespace: in a user namespace the copy
+            // is locked, and pivot_root refuses a locked mount; a bind of it made here is not.
+            StackMount::Fuse => sys::mount(
+                Some(root),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            ),
         }
     }
 }
@@ -366,7 +374,8 @@ pub struct FuseDaemon {
 impl FuseDaemon {
     pub fn start(ws: &Workspace) -> Result<FuseDaemon, StackError> {
         let bin = stratafs_bin().ok_or(StackError::NoStratafs)?;
-        let opts = ws.overlay_options();
+        // driver=fuse: stratafs would otherwise mount the kernel's overlay where it can.
+        let opts = format!("{},driver=fuse", ws.overlay_options());
         info!(
             "driver: FUSE: {} -f -o {opts} {}",
             bin.display(),
@@ -392,6 +401,10 @@ impl FuseDaemon {
         loop {
             if let Ok(Some(status)) = d.child.try_wait() {
                 d.done = true;
+                if d.mounted() {
+                    // It mounted something and left (not the FUSE daemon we expect).
+                    d.unmount(true);
+                }
                 return Err(StackError::DaemonFailed {
                     status: status.to_string(),
                 });
@@ -432,7 +445,7 @@ impl FuseDaemon {
 
     /// Unmounts the stack and waits for the daemon to end (SIGTERM, then SIGKILL).
     pub fn stop(&mut self) -> Result<(), StackError> {
-        if self.done {
+        if self.done && !self.mounted() {
             return Ok(());
         }
         if self.mounted() {
@@ -444,6 +457,9 @@ impl FuseDaemon {
             (Duration::from_secs(5), Some(Signal::SIGKILL)),
             (Duration::from_secs(5), None),
         ] {
+            if self.done {
+                break;
+            }
             let deadline = Instant::now() + after;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {

@@ -158,6 +158,15 @@ impl Rootfs {
 
 impl Drop for Rootfs {
     fn drop(&mut self) {
+        // Never delete through a mount a failed run may have left (the failure is reported by
+        // the test itself).
+        let prefix = format!("{}/", self.dir.display());
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&prefix) {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
