@@ -24,6 +24,8 @@ pub struct Config {
     pub command_line: String,
     /// Keep the ext4 image in RAM (a tmpfs) rather than on the work dir's disk.
     pub ram: bool,
+    /// Also run the runtime start-up comparison.
+    pub startup: bool,
 }
 
 /// When the daemon's memory and fds are read.
@@ -194,8 +196,23 @@ pub fn run(cfg: Config) -> Result<()> {
         }
     }
 
-    let startup_note = crate::startup::note();
-    notes.push(startup_note);
+    let startup = if !cfg.startup {
+        crate::startup::skipped_markdown("not asked for (`--workloads` without `startup`)")
+    } else if crate::startup::strata_bin().is_none() {
+        crate::startup::skipped_markdown(
+            "the `strata` runtime binary was not found next to this program (build it with \
+             `cargo build --release -p runtime` in the same target dir) nor in STRATA_BIN",
+        )
+    } else {
+        eprintln!("bench: runtime start-up");
+        let dir = image.path().join("startup");
+        ctx("startup dir", fs::create_dir_all(&dir))?;
+        let runs = if cfg.scale.name == "quick" { 5 } else { 20 };
+        match crate::startup::run(&dir, runs) {
+            Ok(r) => r.markdown(),
+            Err(e) => crate::startup::skipped_markdown(&format!("failed: {e}")),
+        }
+    };
 
     let report = Report {
         scale: cfg.scale.clone(),
@@ -211,6 +228,7 @@ pub fn run(cfg: Config) -> Result<()> {
         command_line: cfg.command_line.clone(),
         elapsed: started.elapsed(),
         device: image.describe(),
+        startup,
     };
     print!("{}", report.summary_text());
     report::write(&report, &cfg.out, &cfg.svg)?;

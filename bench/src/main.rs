@@ -49,6 +49,17 @@ enum Cmd {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Only the runtime start-up comparison (strata run vs crun, runc, bwrap); replaces its
+    /// section in the report.
+    Startup {
+        /// Runs of each runner.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value = "/var/tmp/strata-bench-startup")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
+        out: PathBuf,
+    },
     /// List the workloads and what each does.
     Workloads,
 }
@@ -63,6 +74,23 @@ fn main() {
             }
             Ok(())
         }
+        Cmd::Startup {
+            runs,
+            work_dir,
+            out,
+        } => (|| {
+            if !bench::sys::is_root() {
+                return Err("startup needs root".to_string());
+            }
+            bench::sys::install_signal_handlers();
+            let scratch = bench::guard::Scratch::new(&work_dir)?;
+            let r = bench::startup::run(scratch.path(), runs.max(1))?;
+            let section = r.markdown();
+            print!("{section}");
+            bench::startup::splice_into(&out, &section)?;
+            eprintln!("bench: updated {}", out.display());
+            Ok(())
+        })(),
         Cmd::Compare {
             quick,
             targets,
@@ -74,11 +102,15 @@ fn main() {
             svg,
         } => (|| {
             let scale = if quick { Scale::quick() } else { Scale::full() };
+            let startup = workloads
+                .as_ref()
+                .map(|names| names.iter().any(|n| n == "startup"))
+                .unwrap_or(true);
             let workloads = match workloads {
                 None => ALL.to_vec(),
                 Some(names) => {
                     let mut v: Vec<Workload> = Vec::new();
-                    for n in names {
+                    for n in names.into_iter().filter(|n| n != "startup") {
                         for w in Workload::parse(&n)? {
                             if !v.contains(&w) {
                                 v.push(w);
@@ -97,6 +129,7 @@ fn main() {
                 reps: reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
                 work_dir,
                 ram: image_on == "ram",
+                startup,
                 out,
                 svg,
                 command_line: format!(

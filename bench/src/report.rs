@@ -27,6 +27,8 @@ pub struct Report {
     pub command_line: String,
     pub elapsed: Duration,
     pub device: String,
+    /// The runtime start-up section (see `startup`).
+    pub startup: String,
 }
 
 pub fn median(v: &[f64]) -> Option<f64> {
@@ -276,6 +278,8 @@ impl Report {
              workload, before unmounting (the run with the highest peak is shown).\n"
         );
         s += &self.cost_table();
+        s.push('\n');
+        s += &self.startup;
         let _ = writeln!(s, "\n## Workloads\n");
         for w in &self.workloads {
             let _ = writeln!(s, "- `{}`: {}", w.name(), w.describe(&self.scale));
