@@ -5,12 +5,14 @@
 //! 2. the layer stack is mounted on a private directory (kernel driver; the FUSE driver's
 //!    mount is already there), and what must come from the host later (bind sources, the
 //!    /dev nodes, the terminal) is taken now as detached mount trees (`open_tree`);
-//! 3. `pivot_root` makes the stack the root and the old root is detached (not chroot);
-//! 4. then: `/proc` (a new instance), a minimal `/dev` (tmpfs with null, zero, full, random,
-//!    urandom, tty, console when stdin is a terminal, pts, shm and the fd/stdin/stdout/stderr
-//!    links), `/sys` read-only (with the container's cgroup v2 at /sys/fs/cgroup when the host
-//!    is pure cgroup v2), `/tmp` tmpfs, `--tmpfs` and `--bind` mounts, the paths runc masks or
-//!    makes read-only, the working directory, and the read-only remount of `/` if asked.
+//! 3. under the new root: `/proc` (a new instance), a minimal `/dev` (tmpfs with null, zero,
+//!    full, random, urandom, tty, console when stdin is a terminal, pts, shm and the
+//!    fd/stdin/stdout/stderr links), `/sys` read-only (with the container's cgroup v2 at
+//!    /sys/fs/cgroup when the host is pure cgroup v2), `/tmp` tmpfs, `--tmpfs` and `--bind`
+//!    mounts, the paths runc masks or makes read-only, the working directory, and the
+//!    read-only remount of the root if asked (all before pivot_root: in a user namespace
+//!    proc and sysfs may be mounted only while the host's instance is visible);
+//! 4. `pivot_root` makes the stack the root and the old root is detached (not chroot).
 //!
 //! Every mount target inside the new root is resolved component by component with
 //! `O_PATH|O_NOFOLLOW` from the new root: a symlink on the way is refused, so a crafted image
@@ -96,12 +98,12 @@ enum Create {
     File,
 }
 
-/// Opens `target` (absolute, in the current root) with O_PATH, walking from `/` without
+/// Opens `target` (absolute, in the new root `base`) with O_PATH, walking from `base` without
 /// following any symlink, creating what is missing as asked.
-fn resolve(target: &Path, create: Create) -> Result<OwnedFd, RootfsError> {
+fn resolve(base: &Path, target: &Path, create: Create) -> Result<OwnedFd, RootfsError> {
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut fd = nix::fcntl::open("/", flags | OFlag::O_DIRECTORY, Mode::empty())
-        .map_err(|e| io_err("opening", Path::new("/"), e))?;
+    let mut fd = nix::fcntl::open(base, flags | OFlag::O_DIRECTORY, Mode::empty())
+        .map_err(|e| io_err("opening", base, e))?;
     let comps: Vec<&OsStr> = target
         .components()
         .filter_map(|c| match c {
@@ -179,19 +181,20 @@ fn mount_fs_on(
 
 /// Mounts a filesystem on `target` inside the new root, creating the directory.
 fn mount_fs(
+    base: &Path,
     target: &str,
     fstype: &str,
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), RootfsError> {
     let t = Path::new(target);
-    let fd = resolve(t, Create::Dir)?;
+    let fd = resolve(base, t, Create::Dir)?;
     mount_fs_on(&fd, t, fstype, flags, data)
 }
 
 /// Attaches a detached tree on `target`, created as a directory or file.
-fn attach(tree: &OwnedFd, target: &Path, create: Create) -> Result<(), RootfsError> {
-    let fd = resolve(target, create)?;
+fn attach(base: &Path, tree: &OwnedFd, target: &Path, create: Create) -> Result<(), RootfsError> {
+    let fd = resolve(base, target, create)?;
     sys::move_mount(tree, &fd).map_err(|e| mount_err("attaching a bind mount", target, e))
 }
 
@@ -265,15 +268,13 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
         .map_err(|e| mount_err("mounting the layer stack", spec.root, e))?;
     info!("rootfs: layer stack on {}", spec.root.display());
     let trees = take_host_trees(spec)?;
-
-    nix::unistd::chdir(spec.root).map_err(|e| io_err("entering", spec.root, e))?;
-    sys::pivot_to_cwd().map_err(|e| mount_err("pivot_root", spec.root, e))?;
-    info!("rootfs: pivot_root done, old root detached");
-
+    // Everything is mounted under the new root before pivot_root: in a user namespace the
+    // kernel lets proc and sysfs be mounted only while an instance is visible (the host's).
+    let base = spec.root;
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("/proc", "proc", nosuid_nodev_noexec, None)?;
-    setup_dev(spec, &trees)?;
-    let sys_dir = resolve(Path::new("/sys"), Create::Dir)?;
+    mount_fs(base, "/proc", "proc", nosuid_nodev_noexec, None)?;
+    setup_dev(base, spec, &trees)?;
+    let sys_dir = resolve(base, Path::new("/sys"), Create::Dir)?;
     match (
         &trees.sys,
         mount_fs_on(
@@ -293,6 +294,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
     }
     if spec.cgroup2 {
         if let Err(e) = mount_fs(
+            base,
             "/sys/fs/cgroup",
             "cgroup2",
             nosuid_nodev_noexec | MsFlags::MS_RDONLY,
@@ -302,13 +304,14 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
         }
     }
     mount_fs(
+        base,
         "/tmp",
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
     for t in spec.tmpfs {
-        let fd = resolve(t, Create::Dir)?;
+        let fd = resolve(base, t, Create::Dir)?;
         mount_fs_on(
             &fd,
             t,
@@ -320,6 +323,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
     }
     for (b, (tree, is_dir)) in spec.binds.iter().zip(&trees.binds) {
         attach(
+            base,
             tree,
             &b.target,
             if *is_dir { Create::Dir } else { Create::File },
@@ -331,25 +335,30 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
             if b.read_only { " (read-only)" } else { "" }
         );
     }
-    mask_paths()?;
+    mask_paths(base)?;
     // The working directory exists before / may become read-only.
     if spec.workdir != Path::new("/") {
-        resolve(spec.workdir, Create::Dir)?;
+        resolve(base, spec.workdir, Create::Dir)?;
     }
     if spec.read_only {
-        let flags = sys::mount_flags_of(slash).unwrap_or(MsFlags::empty())
+        let flags = sys::mount_flags_of(base).unwrap_or(MsFlags::empty())
             | MsFlags::MS_REMOUNT
             | MsFlags::MS_BIND
             | MsFlags::MS_RDONLY;
-        sys::mount(None, slash, None, flags, None)
+        sys::mount(None, base, None, flags, None)
             .map_err(|e| mount_err("remounting read-only", slash, e))?;
         info!("rootfs: / is read-only");
     }
+
+    nix::unistd::chdir(base).map_err(|e| io_err("entering", base, e))?;
+    sys::pivot_to_cwd().map_err(|e| mount_err("pivot_root", base, e))?;
+    info!("rootfs: pivot_root done, old root detached");
     Ok(())
 }
 
-fn setup_dev(spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
+fn setup_dev(base: &Path, spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
     mount_fs(
+        base,
         "/dev",
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
@@ -357,10 +366,10 @@ fn setup_dev(spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
     )?;
     // /dev is now our own tmpfs: plain paths below cannot meet a symlink we did not make.
     for (name, tree) in &trees.dev {
-        attach(tree, &Path::new("/dev").join(name), Create::File)?;
+        attach(base, tree, &Path::new("/dev").join(name), Create::File)?;
     }
     if let Some(tree) = &trees.console {
-        attach(tree, Path::new("/dev/console"), Create::File)?;
+        attach(base, tree, Path::new("/dev/console"), Create::File)?;
     }
     let pts_opts = if spec.rootless {
         "newinstance,ptmxmode=0666,mode=0620"
@@ -368,12 +377,14 @@ fn setup_dev(spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
         "newinstance,ptmxmode=0666,mode=0620,gid=5"
     };
     mount_fs(
+        base,
         "/dev/pts",
         "devpts",
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some(pts_opts),
     )?;
     mount_fs(
+        base,
         "/dev/shm",
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
@@ -386,7 +397,7 @@ fn setup_dev(spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
         ("/dev/stdout", "/proc/self/fd/1"),
         ("/dev/stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(to, link).map_err(|e| {
+        std::os::unix::fs::symlink(to, base.join(&link[1..])).map_err(|e| {
             io_err(
                 "creating",
                 Path::new(link),
@@ -398,9 +409,9 @@ fn setup_dev(spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
     Ok(())
 }
 
-fn mask_paths() -> Result<(), RootfsError> {
+fn mask_paths(base: &Path) -> Result<(), RootfsError> {
     for p in MASKED {
-        let path = Path::new(p);
+        let path = &base.join(&p[1..]);
         let Ok(md) = fs::symlink_metadata(path) else {
             continue;
         };
@@ -414,7 +425,7 @@ fn mask_paths() -> Result<(), RootfsError> {
             )
         } else {
             sys::mount(
-                Some(Path::new("/dev/null")),
+                Some(base.join("dev/null").as_path()),
                 path,
                 None,
                 MsFlags::MS_BIND,
@@ -424,7 +435,7 @@ fn mask_paths() -> Result<(), RootfsError> {
         r.map_err(|e| mount_err("masking", path, e))?;
     }
     for p in READ_ONLY {
-        let path = Path::new(p);
+        let path = &base.join(&p[1..]);
         if fs::symlink_metadata(path).is_err() {
             continue;
         }

@@ -617,3 +617,27 @@ fn limits_on_a_hybrid_host() {
     assert!(run.stderr.contains("OOM killer"), "{}", run.stderr);
     assert_no_leftovers(&r, &run);
 }
+
+/// Rootless on the host: uid 1000 gets a user namespace and the kernel's overlay (userxattr).
+#[test]
+fn rootless_with_the_kernel_overlay() {
+    let r = rootfs("rootless");
+    std::os::unix::fs::chown(&r.state, Some(1000), Some(1000)).unwrap();
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-v".into(),
+        "--driver".into(),
+        "kernel".into(),
+    ];
+    args.extend(r.layer_args());
+    args.extend(
+        ["--", "sh", "-c", "id -u; cat /etc/who; echo $$; echo x > /f; cat /f; grep ' / ' /proc/mounts | grep -c userxattr"]
+            .map(String::from),
+    );
+    let run = r.run_raw(
+        &args,
+        Some(&["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]),
+    );
+    assert_eq!(run.ok().stdout, "0\napp\n2\nx\n1\n", "{}", run.stderr);
+    assert_no_leftovers(&r, &run);
+}
