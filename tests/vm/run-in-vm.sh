@@ -76,14 +76,14 @@ kver=${kdir##*/}
 vmlinuz=$cache/kernel/boot/vmlinuz-$kver
 
 # --- initramfs: busybox + the modules to mount the host over 9p, FUSE, overlay, the disk --------
-initrd=$cache/initrd-$kver-strata2.cpio.gz
+initrd=$cache/initrd-$kver-strata3.cpio.gz
 if [[ ! -s $initrd ]]; then
   ird=$(mktemp -d)
   mkdir -p "$ird"/{bin,proc,sys,dev,newroot,modules}
   cp /bin/busybox "$ird/bin/busybox"
   n=10  # load order is dependency order; a module built into the kernel is simply absent
   for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci netfs fscache \
-           9pnet 9pnet_virtio 9p fuse overlay virtio_blk; do
+           9pnet 9pnet_virtio 9p fuse overlay virtio_blk crc16 crc32c_generic mbcache jbd2 ext4; do
     f=$(find "$kdir/kernel" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)
     if [[ -n $f ]]; then
       case $f in *.xz) xz -dc "$f" >"$ird/modules/$n-$m.ko" ;; *) cp "$f" "$ird/modules/$n-$m.ko" ;; esac

@@ -203,7 +203,14 @@ fn keeps_origin(layers: &Layers, st: &sys::Stat) -> bool {
 
 /// Owner, mode (after the owner: chown clears set-id bits) and times of `st` onto `dst`.
 pub fn copy_attrs(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
-    sys::fchown(dst, Some(st.st_uid), Some(st.st_gid))?;
+    match sys::fchown(dst, Some(st.st_uid), Some(st.st_gid)) {
+        // Rootless: a file of another owner cannot keep its owner; the copy is ours, as with
+        // fuse-overlayfs without an id mapping.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {
+            log::debug!("copy-up: owner {}:{} not kept: {e}", st.st_uid, st.st_gid);
+        }
+        r => r?,
+    }
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
         sys::fchmod_path(dst, st.st_mode & 0o7777)?;
     }

@@ -191,6 +191,11 @@ fn attrs(opts: &Options) -> u64 {
 
 /// Mounts the stack with the kernel's overlay. The error text says what the kernel said.
 pub fn mount(opts: &Options, userxattr: bool) -> Result<(), String> {
+    // Before 6.8 overlay has no `lowerdir+`, and before 6.5 no fs_context parser: fsconfig
+    // would take any key and fail only at create. Pick by version, then by what the kernel says.
+    if msys::kernel_version().is_some_and(|v| v < (6, 8)) {
+        return mount_old_api(opts, userxattr).map_err(|e| format!("kernel overlay mount: {e}"));
+    }
     match mount_new_api(opts, userxattr) {
         Ok(()) => Ok(()),
         // Kernels before 6.8 have no `lowerdir+` (before 5.2, no fsopen): one option string.
