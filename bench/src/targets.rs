@@ -146,6 +146,11 @@ impl Target {
             format!("upperdir={}", upper.display()),
             format!("workdir={}", work.display()),
         ];
+        // stratafs as root would hand the stack to the kernel's overlay (driver=auto): measure
+        // its FUSE driver unless the target says otherwise (e.g. `stratafs+driver=kernel`).
+        if self.kind == Kind::Stratafs && !self.extra.iter().any(|o| o.starts_with("driver=")) {
+            opts.insert(0, "driver=fuse".to_string());
+        }
         opts.extend(self.extra.iter().cloned());
         let program = self.program.clone().unwrap_or_default();
         match self.kind {
