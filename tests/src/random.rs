@@ -568,6 +568,55 @@ const L1: &[&str] = &["a", "b", "c", "d", "e"];
 const L2: &[&str] = &["x", "y"];
 const TARGETS: &[&str] = &["a", "b", "c/x", "d", "zz", "a/x", "e/y/z", "b/y"];
 
+/// Layer entry kinds, in the order of the weights of `rand_entry`.
+const NODE_NAMES: &[&str] = &[
+    "File", "Sparse", "Dir", "Opaque", "Symlink", "Hardlink", "Fifo", "Whiteout",
+];
+/// Operation kinds, in the order of the weights of `gen_op`.
+const OP_NAMES: &[&str] = &[
+    "Open",
+    "Read",
+    "Write",
+    "Append",
+    "Truncate",
+    "Fsync",
+    "FdRead",
+    "FdWrite",
+    "FdWriteSeq",
+    "FdTruncate",
+    "FdStat",
+    "FdSync",
+    "FdMmapWrite",
+    "Close",
+    "FdSameIno",
+    "Rename",
+    "Link",
+    "Unlink",
+    "Mkdir",
+    "Rmdir",
+    "Symlink",
+    "Mkfifo",
+    "Chmod",
+    "Chown",
+    "Utimens",
+    "SetXattr",
+    "RemoveXattr",
+    "Readdir",
+    "Stat",
+    "SameIno",
+];
+
+/// `RANDOM_EXCLUDE=Name,Name`: operation and layer entry kinds not generated (a triage aid to
+/// look past a known bug; the names are those of [`Op::kind`] and [`LNode`]).
+fn excluded(w: &[u64], names: &[&str]) -> Vec<u64> {
+    let ex = std::env::var("RANDOM_EXCLUDE").unwrap_or_default();
+    let ex: Vec<&str> = ex.split(',').map(str::trim).collect();
+    w.iter()
+        .zip(names)
+        .map(|(w, n)| if ex.contains(n) { 0 } else { *w })
+        .collect()
+}
+
 fn rand_path(r: &mut Rng) -> String {
     let a = r.pick(L1);
     match r.below(100) {
@@ -602,6 +651,7 @@ fn rand_entry(r: &mut Rng, layer: &[LEnt], path: String, depth: usize, tag: &str
         .iter()
         .filter(|e| matches!(e.node, LNode::File(_) | LNode::Sparse(..)))
         .collect();
+    let w = excluded(&w, NODE_NAMES);
     let node = match r.weighted(&w) {
         0 => LNode::File(rand_text(r, tag)),
         1 => {
@@ -692,7 +742,7 @@ fn gen_op(r: &mut Rng, i: usize) -> Op {
     let w = [
         14, 5, 5, 4, 3, 2, 6, 6, 3, 2, 3, 2, 3, 3, 2, 8, 3, 5, 4, 3, 3, 1, 3, 2, 2, 3, 2, 4, 3, 2,
     ];
-    match r.weighted(&w) {
+    match r.weighted(&excluded(&w, OP_NAMES)) {
         0 => {
             let acc = r.pick(&[libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR]);
             let mut flags = acc;

@@ -1,0 +1,153 @@
+//! Regression tests: minimal reproducers of the bugs found by the randomized differential
+//! tests (tests/tests/random_diff.rs, `e2e::random`), as printed by its shrinker (some tidied
+//! by hand). A test marked `#[ignore = "stratafs bug: ..."]` documents an open bug: it fails
+//! until the bug is fixed, then the `ignore` goes. Re-run one with
+//! `cargo test -p e2e --test regressions -- --ignored NAME`, or its original sequence with
+//! `RANDOM_REPLAY=SEED cargo test -p e2e --test random_diff`.
+
+use e2e::random::*;
+use e2e::*;
+
+/// Found by random_diff (RANDOM_REPLAY=2678725202693368915, also 1309615453366410960 and many
+/// more): copy-up breaks a lower hard link (the upper copy has nlink 1, as the kernel shows at
+/// once), but stratafs keeps reporting the lower file's nlink (2) for the copied-up name.
+#[test]
+#[ignore = "stratafs bug: stale nlink after copy-up of a hard-linked lower file"]
+fn random_252cbe611d6cac53() {
+    let layers = Layers::new()
+        .lower(
+            Layer::new()
+                .dir("q")
+                .file("q/a", "L0########")
+                .dir("q/b")
+                .dir("q/b/y")
+                .hardlink("q/b/y/z", "q/a"),
+        )
+        .lower(Layer::new().dir("q"));
+    let pair = Pair::new("random_252cbe611d6cac53", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Append {
+        path: "b/y/z".into(),
+        data: Content::Text("".into()),
+    });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=591954602782686277; also 15343681094727372234,
+/// 77528257934035286, 4857008708890212963, 2115148819562884359, 1214177357970863644): two
+/// names of one upper inode (a hard link) are separate FUSE nodes. After a write (even of zero
+/// bytes) through an fd of name b, a write through name d is not seen through b: b keeps its
+/// old size and mtime, so reads through b are short. The other sequences show the same for
+/// truncate, chmod and contents.
+#[test]
+#[ignore = "stratafs bug: a write through one name of an upper hard link is not seen through the other (open) name"]
+fn random_08370b932e04fc45() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q"))
+        .lower(Layer::new().dir("q"))
+        .upper(
+            Layer::new()
+                .dir("q")
+                .file("q/b", "U##########")
+                .hardlink("q/d", "q/b"),
+        );
+    let pair = Pair::new("random_08370b932e04fc45", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Open {
+        path: "b".into(),
+        flags: libc::O_RDWR,
+        mode: 0o644,
+        slot: Some(2),
+    });
+    run.step(Op::FdWrite {
+        slot: 2,
+        off: 70000,
+        data: Content::Text("".into()),
+    });
+    run.step(Op::Write {
+        path: "d".into(),
+        off: 4096,
+        data: Content::Text("d".into()),
+    });
+    run.step(Op::Stat { path: "b".into() });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=17349321207399112347; also 7751426038739279067 and
+/// others): a MAP_SHARED write through an fd opened O_RDWR|O_APPEND is written back by
+/// stratafs at the end of the file (its backing fd has O_APPEND, so the page's pwrite appends):
+/// the 9-byte file becomes 18 bytes instead of having 5 bytes replaced at offset 4.
+#[test]
+#[ignore = "stratafs bug: mmap writeback through an O_APPEND fd appends instead of writing in place"]
+fn random_f0c52bb7ad2cde9b() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q").file("q/a", "L1#######"))
+        .lower(Layer::new().dir("q"));
+    let pair = Pair::new("random_f0c52bb7ad2cde9b", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Open {
+        path: "a".into(),
+        flags: libc::O_RDWR | libc::O_APPEND,
+        mode: 0o644,
+        slot: Some(1),
+    });
+    run.step(Op::FdMmapWrite {
+        slot: 1,
+        off: 4000,
+        data: Content::Text("w15mm".into()),
+    });
+    run.step(Op::Stat { path: "a".into() });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=10940094668344101683): fstat of an open fifo whose name
+/// was then replaced by a rename fails with ENOENT (the kernel returns the fifo's attributes).
+#[test]
+#[ignore = "stratafs bug: fstat of an open fifo fails with ENOENT after its name was renamed over"]
+fn random_97d3062343cb8b33() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q").file("q/c", "L0###"))
+        .lower(Layer::new().dir("q").fifo("q/b"));
+    let pair = Pair::new("random_97d3062343cb8b33", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Open {
+        path: "b".into(),
+        flags: libc::O_RDWR,
+        mode: 0o644,
+        slot: Some(2),
+    });
+    run.step(Op::Rename {
+        from: "c".into(),
+        to: "b".into(),
+        flags: 0,
+    });
+    run.step(Op::FdStat { slot: 2 });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=79156532629140612): renaming an upper-only directory
+/// over a non-empty directory fails with ENOTEMPTY on both, but the kernel has already marked
+/// the source opaque (ovl_rename sets the opaque xattr before vfs_rename when a pure-upper
+/// directory moves within a merged parent) and leaves the marker; stratafs does not. Invisible
+/// in the merged view; the upper layers differ.
+#[test]
+#[ignore = "stratafs differs from a kernel quirk: failed rename of an upper-only dir leaves it opaque in the kernel"]
+fn random_011938727102f484() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q"))
+        .lower(Layer::new().dir("q"))
+        .upper(Layer::new().dir("q").dir("q/a").fifo("q/a/y").dir("q/c"));
+    let pair = Pair::new("random_011938727102f484", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Rename {
+        from: "c".into(),
+        to: "a".into(),
+        flags: 0,
+    });
+    drop(run);
+    pair.finish();
+}
