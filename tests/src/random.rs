@@ -1772,6 +1772,7 @@ pub fn main() {
         (None, None) => DEFAULT_SEED,
     };
     let total = env_u64("RANDOM_SEQUENCES").unwrap_or(2000);
+    let skip = env_u64("RANDOM_FIRST").unwrap_or(0);
     let deadline = soak.map(|s| Instant::now() + Duration::from_secs(s));
     let start = Instant::now();
     eprintln!(
@@ -1781,7 +1782,7 @@ pub fn main() {
             None => format!("{total} sequences"),
         }
     );
-    let next = std::sync::atomic::AtomicU64::new(0);
+    let next = std::sync::atomic::AtomicU64::new(skip);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let nops = std::sync::atomic::AtomicUsize::new(0);
     let found: Mutex<Vec<Found>> = Mutex::new(Vec::new());
@@ -1793,8 +1794,8 @@ pub fn main() {
                 let n = match deadline {
                     Some(d) if Instant::now() >= d => return,
                     Some(_) => batch as u64,
-                    None if first >= total => return,
-                    None => (total - first).min(batch as u64),
+                    None if first >= skip + total => return,
+                    None => (skip + total - first).min(batch as u64),
                 };
                 let seqs: Vec<Seq> = (first..first + n)
                     .map(|i| Seq::generate(seq_seed(base, i)))
@@ -1846,8 +1847,8 @@ pub fn main() {
                         seed: seqs[0].seed,
                         failure: f.clone(),
                         repro: format!(
-                            "(fails only when sharing a mount: RANDOM_SEED={base}, sequences {first}..{})",
-                            first + n
+                            "(fails only when sharing a mount: RANDOM_SEED={base} RANDOM_FIRST={first} \
+                             RANDOM_SEQUENCES={n} RANDOM_BATCH={batch})"
                         ),
                     });
                 }

@@ -11,6 +11,8 @@
 //!   `RANDOM_SOAK_SECS=3600 cargo test -p e2e --release --test random_diff -- --nocapture`
 //! * `RANDOM_REPLAY=SEED`: run the one sequence of that seed alone and shrink it if it fails
 //!   (the seeds of failing sequences are printed).
+//! * `RANDOM_FIRST=N`: start at sequence number N (with RANDOM_SEQUENCES and RANDOM_BATCH, re-runs
+//!   one batch of sequences sharing a mount).
 //! * `RANDOM_THREADS=N` (default 2), `RANDOM_BATCH=N` (sequences per mount pair, default 10),
 //!   `RANDOM_SHRINK_SECS=S` (time budget of the shrinking of one failure, default 180).
 //! * `RANDOM_EXCLUDE=Kind,Kind`: operation kinds (`Op::kind`) and layer entry kinds (`LNode`)

@@ -151,3 +151,87 @@ fn random_011938727102f484() {
     drop(run);
     pair.finish();
 }
+
+/// Found by random_diff (RANDOM_REPLAY=6320021700785521234): an fd opened read-only on a lower
+/// file follows the copy-up for reads ("xd" on both), but once the name is unlinked, fstat of
+/// that fd reports the lower file (size 1, nlink 1, the old mtime) where the kernel reports
+/// the copied-up file (size 2, nlink 0).
+#[test]
+#[ignore = "stratafs bug: fstat of an fd opened before copy-up reports the lower file after unlink"]
+fn random_57b53a408014c252() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q"))
+        .lower(Layer::new().dir("q").file("q/c", "x"));
+    let pair = Pair::new("random_57b53a408014c252", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Open {
+        path: "c".into(),
+        flags: libc::O_RDONLY,
+        mode: 0o644,
+        slot: Some(3),
+    });
+    run.step(Op::Append {
+        path: "c".into(),
+        data: Content::Text("d".into()),
+    });
+    run.step(Op::Unlink { path: "c".into() });
+    run.step(Op::FdRead {
+        slot: 3,
+        off: 0,
+        len: 200000,
+    });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=12771423085663347545): fstat of an open fifo after its
+/// name was unlinked fails with ENOENT (the kernel: the fifo, nlink 0). Same family as
+/// `random_97d3062343cb8b33` (renamed over) and `random_43899d7691a24d7d` (a directory).
+#[test]
+#[ignore = "stratafs bug: fstat of an open fifo fails with ENOENT after unlink"]
+fn random_b13d35a1692fe359() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q"))
+        .lower(Layer::new().dir("q"));
+    let pair = Pair::new("random_b13d35a1692fe359", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Mkfifo {
+        path: "b".into(),
+        mode: 0o600,
+    });
+    run.step(Op::Open {
+        path: "b".into(),
+        flags: libc::O_RDWR,
+        mode: 0o644,
+        slot: Some(2),
+    });
+    run.step(Op::Unlink { path: "b".into() });
+    run.step(Op::FdWriteSeq {
+        slot: 2,
+        data: Content::Text("d".into()),
+    });
+    drop(run);
+    pair.finish();
+}
+
+/// Found by random_diff (RANDOM_REPLAY=4866594004925566333): fstat of an open directory after
+/// rmdir fails with ENOENT (the kernel returns the directory's attributes).
+#[test]
+#[ignore = "stratafs bug: fstat of an open directory fails with ENOENT after rmdir"]
+fn random_43899d7691a24d7d() {
+    let layers = Layers::new()
+        .lower(Layer::new().dir("q").dir("q/e"))
+        .lower(Layer::new().dir("q"));
+    let pair = Pair::new("random_43899d7691a24d7d", &layers);
+    let mut run = Run::new(&pair, "q");
+    run.step(Op::Open {
+        path: "e".into(),
+        flags: libc::O_RDONLY,
+        mode: 0o644,
+        slot: Some(0),
+    });
+    run.step(Op::Rmdir { path: "e".into() });
+    run.step(Op::FdStat { slot: 0 });
+    drop(run);
+    pair.finish();
+}
