@@ -56,6 +56,9 @@ pub struct StrataFs {
     inodes: Inodes,
     copy: CopyUp,
     files: RwLock<HashMap<u64, Arc<Handle>>>,
+    /// `O_PATH` fds of nodes removed from the tree while the kernel still holds them (a fifo
+    /// open elsewhere, a file being unlinked): their attributes stay reachable until forgotten.
+    orphans: Mutex<HashMap<u64, OwnedFd>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     writable: bool,
@@ -165,10 +168,21 @@ impl StrataFs {
             layers,
             copy: CopyUp::new(false),
             files: RwLock::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ttl: Duration::from_secs(1),
         })
+    }
+
+    /// How long the kernel may keep attributes: not at all for a file with several links,
+    /// whose other names (other nodes) may change it, or whose copy-up gives it another inode.
+    fn attr_ttl(&self, a: &FileAttr) -> Duration {
+        if a.nlink > 1 && a.kind != FileType::Directory {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
     }
 
     fn node(&self, ino: u64) -> Res<(OsString, NodeInfo)> {
@@ -183,13 +197,33 @@ impl StrataFs {
         }
     }
 
-    /// Any open fd of node `ino` (for a node no longer reachable by name).
+    /// Any open fd of node `ino`, else the fd kept when it was removed (for a node no longer
+    /// reachable by name).
     fn any_fd_of(&self, ino: u64) -> Option<OwnedFd> {
         let files = self.files.read();
         files
             .values()
             .find(|h| h.ino == ino)
             .and_then(|h| sys::dup(h.file.read().0.as_fd()).ok())
+            .or_else(|| {
+                self.orphans
+                    .lock()
+                    .get(&ino)
+                    .and_then(|fd| sys::dup(fd.as_fd()).ok())
+            })
+    }
+
+    /// Before `name` in `parent` leaves the tree: keep an fd of the entry the kernel may still
+    /// hold a node for.
+    fn keep_orphan(&self, parent: u64, name: &OsStr) {
+        let Some(ino) = self.inodes.child(parent, name) else {
+            return;
+        };
+        if let Ok((path, info)) = self.node(ino) {
+            if let Ok(fd) = self.layers.open(info.layers[0], &path, libc::O_PATH) {
+                self.orphans.lock().insert(ino, fd);
+            }
+        }
     }
 
     /// An `O_PATH` fd of the node's topmost entry, or of an open fd if it was unlinked.
@@ -254,7 +288,13 @@ impl StrataFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: Res<(u64, FileAttr)>) {
         match r {
-            Ok((ino, a)) => reply.entry_node(INodeNo(ino), &self.ttl, &self.ttl, &a, Generation(0)),
+            Ok((ino, a)) => reply.entry_node(
+                INodeNo(ino),
+                &self.attr_ttl(&a),
+                &self.ttl,
+                &a,
+                Generation(0),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -476,6 +516,9 @@ impl StrataFs {
         let (ppath, pinfo) = self.node(parent)?;
         let udir = self.layers.dir(0, &ppath)?;
         let lower_pos = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
+        if !dir {
+            self.keep_orphan(parent, name);
+        }
         if self.layers.is_upper(found.layers[0]) {
             if lower_pos {
                 self.replace_with_whiteout(udir.fd(), name)?;
@@ -636,6 +679,9 @@ impl StrataFs {
             sys::renameat2(sdir.fd(), name, ddir.fd(), newname, sys::RENAME_EXCHANGE)?;
             self.inodes.exchange(parent, name, newparent, newname);
             return Ok(());
+        }
+        if dst.as_ref().is_some_and(|d| !d.is_dir()) {
+            self.keep_orphan(newparent, newname);
         }
         let dst_upper = match sys::fstatat(ddir.fd(), newname) {
             Ok(st) => Some(st),
@@ -817,14 +863,10 @@ fn info_is_dir(fd: &OwnedFd) -> Res<bool> {
 }
 
 /// The flags a real file is opened with: access mode and the flags that change I/O behaviour.
+/// Not O_APPEND: the kernel sends appends at the end offset itself, and a real O_APPEND fd
+/// would also append the pages an mmap writes back to their own offsets.
 fn open_flags(flags: i32) -> i32 {
-    flags
-        & (libc::O_ACCMODE
-            | libc::O_APPEND
-            | libc::O_TRUNC
-            | libc::O_SYNC
-            | libc::O_DSYNC
-            | libc::O_NOATIME)
+    flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
 }
 
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
@@ -854,6 +896,9 @@ impl fuser::Filesystem for StrataFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
+        if self.inodes.get(ino.0).is_none() {
+            self.orphans.lock().remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -862,7 +907,7 @@ impl fuser::Filesystem for StrataFs {
             None => self.reply_attr_of(ino.0),
         };
         match r {
-            Ok(a) => reply.attr(&self.ttl, &a),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -886,7 +931,7 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&self.ttl, &a),
+            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
             Err(e) => reply.error(errno(e)),
         }
     }
