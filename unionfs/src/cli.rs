@@ -168,6 +168,8 @@ Layer options:
                       (without upperdir and workdir the mount is read-only)
   userxattr           keep overlay markers in user.overlay.* instead of trusted.overlay.*
   threads=N           threads serving requests (default 4)
+  timeout=SECS        how long the kernel caches names and attributes (default 86400: the
+                      layers must change only through the mount while it is mounted)
   driver=auto|fuse|kernel
                       who serves the stack: the kernel's overlay or stratafs over FUSE;
                       auto (default) takes the kernel where it permits the mount and can
@@ -444,6 +446,20 @@ fn apply_item(
                         option: "threads".to_string(),
                         value: n,
                         reason: "expected a number from 1 to 256",
+                    })
+                }
+            }
+            return Ok(());
+        }
+        b"timeout" => {
+            let n = value_str();
+            match n.parse::<u64>() {
+                Ok(n) if n <= 365 * 86400 => opts.timeout_secs = n,
+                _ => {
+                    return Err(CliError::BadValue {
+                        option: "timeout".to_string(),
+                        value: n,
+                        reason: "expected seconds from 0 to 31536000",
                     })
                 }
             }

@@ -171,7 +171,7 @@ impl StrataFs {
             orphans: Mutex::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(opts.timeout_secs),
         })
     }
 
@@ -890,8 +890,18 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.do_lookup(parent.0, name);
-        self.reply_entry(reply, r);
+        match self.do_lookup(parent.0, name) {
+            // A negative entry (node id 0) lets the kernel cache the miss; creating the name
+            // through the mount replaces it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    ..attr(&sys::zeroed_stat(), false)
+                };
+                reply.entry_node(INodeNo(0), &self.ttl, &self.ttl, &none, Generation(0));
+            }
+            r => self.reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -1056,14 +1066,22 @@ impl fuser::Filesystem for StrataFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.do_open(ino.0, flags.0).and_then(|fh| {
+            let h = self.handle(FileHandle(fh))?;
             if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
-                let h = self.handle(FileHandle(fh))?;
                 self.with_fd(&h, |fd| kill_suidgid(req, fd))?;
             }
-            Ok(fh)
+            // The file changes only through this node (one link; lower layers never change):
+            // the kernel may keep its pages from one open to the next.
+            let single = self.with_fd(&h, sys::fstat).map(|st| st.st_nlink <= 1)?;
+            let flags = if single {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            Ok((fh, flags))
         });
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(e)),
         }
     }

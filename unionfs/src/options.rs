@@ -58,6 +58,9 @@ pub struct Options {
     pub xattr_ns: Option<XattrNamespace>,
     /// Worker threads serving FUSE requests.
     pub threads: usize,
+    /// How long the kernel may cache names and attributes (`timeout=SECS`): the layers change
+    /// only through the mount, so long by default.
+    pub timeout_secs: u64,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
     pub driver: Driver,
@@ -84,6 +87,7 @@ impl Options {
             noatime: false,
             xattr_ns: None,
             threads: 4,
+            timeout_secs: 86400,
             fsname: "stratafs".to_string(),
             driver: Driver::Auto,
             xwhiteouts: false,

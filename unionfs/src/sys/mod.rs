@@ -529,6 +529,12 @@ pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<DirEntry>> {
     res.map(|_| out)
 }
 
+/// A stat with every field zero.
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: `stat` is plain data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 pub fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
 }
