@@ -1741,7 +1741,7 @@ struct Found {
 pub fn main() {
     let threads = env_u64("RANDOM_THREADS").unwrap_or(2).max(1) as usize;
     let batch = env_u64("RANDOM_BATCH").unwrap_or(10).max(1) as usize;
-    let shrink_secs = env_u64("RANDOM_SHRINK_SECS").unwrap_or(180);
+    let shrink_secs = env_u64("RANDOM_SHRINK_SECS").unwrap_or(60);
     let soak = env_u64("RANDOM_SOAK_SECS");
     if let Some(seed) = env_u64("RANDOM_REPLAY") {
         let seq = Seq::generate(seed);
@@ -1819,7 +1819,7 @@ pub fn main() {
                     );
                     {
                         let mut s = sigs.lock().unwrap();
-                        if s.contains(&f.sig) || s.len() >= 6 {
+                        if s.contains(&f.sig) || s.len() >= 4 {
                             found.lock().unwrap().push(Found {
                                 seed: seq.seed,
                                 failure: f,

@@ -14,7 +14,7 @@
 //! * `RANDOM_FIRST=N`: start at sequence number N (with RANDOM_SEQUENCES and RANDOM_BATCH, re-runs
 //!   one batch of sequences sharing a mount).
 //! * `RANDOM_THREADS=N` (default 2), `RANDOM_BATCH=N` (sequences per mount pair, default 10),
-//!   `RANDOM_SHRINK_SECS=S` (time budget of the shrinking of one failure, default 180).
+//!   `RANDOM_SHRINK_SECS=S` (time budget of the shrinking of one failure, default 60; at most 4 distinct failures are shrunk per run).
 //! * `RANDOM_EXCLUDE=Kind,Kind`: operation kinds (`Op::kind`) and layer entry kinds (`LNode`)
 //!   not generated, to look past a known bug while triaging (e.g. `Link,Hardlink`).
 //! * The harness's switches apply too (E2E_TRACE=1 prints every step, E2E_SELFTEST=1 runs the

@@ -152,7 +152,8 @@ fn random_011938727102f484() {
     pair.finish();
 }
 
-/// Found by random_diff (RANDOM_REPLAY=6320021700785521234): an fd opened read-only on a lower
+/// Found by random_diff (RANDOM_REPLAY=6320021700785521234; also 4341952421108199927 and
+/// 5293640001971304277, where only nlink differs: 1 instead of 0): an fd opened read-only on a lower
 /// file follows the copy-up for reads ("xd" on both), but once the name is unlinked, fstat of
 /// that fd reports the lower file (size 1, nlink 1, the old mtime) where the kernel reports
 /// the copied-up file (size 2, nlink 0).
@@ -214,7 +215,8 @@ fn random_b13d35a1692fe359() {
     pair.finish();
 }
 
-/// Found by random_diff (RANDOM_REPLAY=4866594004925566333): fstat of an open directory after
+/// Found by random_diff (RANDOM_REPLAY=4866594004925566333; also 2887301550297236859,
+/// 3668308801542366915; fifos: 6880790610393833406, 3813247498802548799): fstat of an open directory after
 /// rmdir fails with ENOENT (the kernel returns the directory's attributes).
 #[test]
 #[ignore = "stratafs bug: fstat of an open directory fails with ENOENT after rmdir"]
