@@ -12,7 +12,6 @@ use e2e::*;
 /// more): copy-up breaks a lower hard link (the upper copy has nlink 1, as the kernel shows at
 /// once), but stratafs keeps reporting the lower file's nlink (2) for the copied-up name.
 #[test]
-#[ignore = "stratafs bug: stale nlink after copy-up of a hard-linked lower file"]
 fn random_252cbe611d6cac53() {
     let layers = Layers::new()
         .lower(
@@ -41,7 +40,6 @@ fn random_252cbe611d6cac53() {
 /// old size and mtime, so reads through b are short. The other sequences show the same for
 /// truncate, chmod and contents.
 #[test]
-#[ignore = "stratafs bug: a write through one name of an upper hard link is not seen through the other (open) name"]
 fn random_08370b932e04fc45() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
@@ -80,7 +78,6 @@ fn random_08370b932e04fc45() {
 /// stratafs at the end of the file (its backing fd has O_APPEND, so the page's pwrite appends):
 /// the 9-byte file becomes 18 bytes instead of having 5 bytes replaced at offset 4.
 #[test]
-#[ignore = "stratafs bug: mmap writeback through an O_APPEND fd appends instead of writing in place"]
 fn random_f0c52bb7ad2cde9b() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/a", "L1#######"))
@@ -106,7 +103,6 @@ fn random_f0c52bb7ad2cde9b() {
 /// Found by random_diff (RANDOM_REPLAY=10940094668344101683): fstat of an open fifo whose name
 /// was then replaced by a rename fails with ENOENT (the kernel returns the fifo's attributes).
 #[test]
-#[ignore = "stratafs bug: fstat of an open fifo fails with ENOENT after its name was renamed over"]
 fn random_97d3062343cb8b33() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/c", "L0###"))
@@ -135,7 +131,6 @@ fn random_97d3062343cb8b33() {
 /// directory moves within a merged parent) and leaves the marker; stratafs does not. Invisible
 /// in the merged view; the upper layers differ.
 #[test]
-#[ignore = "stratafs differs from a kernel quirk: failed rename of an upper-only dir leaves it opaque in the kernel"]
 fn random_011938727102f484() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
@@ -158,7 +153,6 @@ fn random_011938727102f484() {
 /// that fd reports the lower file (size 1, nlink 1, the old mtime) where the kernel reports
 /// the copied-up file (size 2, nlink 0).
 #[test]
-#[ignore = "stratafs bug: fstat of an fd opened before copy-up reports the lower file after unlink"]
 fn random_57b53a408014c252() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
@@ -189,7 +183,6 @@ fn random_57b53a408014c252() {
 /// name was unlinked fails with ENOENT (the kernel: the fifo, nlink 0). Same family as
 /// `random_97d3062343cb8b33` (renamed over) and `random_43899d7691a24d7d` (a directory).
 #[test]
-#[ignore = "stratafs bug: fstat of an open fifo fails with ENOENT after unlink"]
 fn random_b13d35a1692fe359() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
@@ -219,7 +212,6 @@ fn random_b13d35a1692fe359() {
 /// 3668308801542366915; fifos: 6880790610393833406, 3813247498802548799): fstat of an open directory after
 /// rmdir fails with ENOENT (the kernel returns the directory's attributes).
 #[test]
-#[ignore = "stratafs bug: fstat of an open directory fails with ENOENT after rmdir"]
 fn random_43899d7691a24d7d() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").dir("q/e"))
@@ -243,7 +235,6 @@ fn random_43899d7691a24d7d() {
 /// lists a merged directory's upper entries first, so copying `e` up (chown) moves it before
 /// the lower-only `c`; stratafs still lists the directory in its pre-copy-up order ([c, e]).
 #[test]
-#[ignore = "stratafs bug: readdir of a merged dir keeps its order from before a copy-up in it"]
 fn random_78ff1fd5ef1062d7() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/c", "L2###").file("q/e", "L2"))

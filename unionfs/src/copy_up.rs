@@ -44,7 +44,8 @@ impl CopyUp {
     }
 
     /// Makes sure node `ino` exists in the upper layer, copying it and its parents up as needed.
-    pub fn ensure_upper(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<()> {
+    /// Returns the nodes copied, topmost first.
+    pub fn ensure_upper(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<Vec<u64>> {
         self.ensure_upper_with(layers, inodes, ino, true)
     }
 
@@ -56,7 +57,7 @@ impl CopyUp {
         inodes: &Inodes,
         ino: u64,
         data: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<Vec<u64>> {
         if !layers.has_upper {
             return Err(sys::err(libc::EROFS));
         }
@@ -74,10 +75,11 @@ impl CopyUp {
             chain.push(cur);
             cur = info.parent;
         }
-        for &n in chain.iter().rev() {
+        chain.reverse();
+        for &n in &chain {
             self.copy_up_one(layers, inodes, n, data || n != ino)?;
         }
-        Ok(())
+        Ok(chain)
     }
 
     fn copy_up_one(

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type Res<T> = Result<T, io::Error>;
@@ -63,6 +63,7 @@ pub struct StrataFs {
     next_fh: AtomicU64,
     writable: bool,
     ttl: Duration,
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -172,7 +173,47 @@ impl StrataFs {
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ttl: Duration::from_secs(opts.timeout_secs),
+            notifier: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Copies node `ino` (and missing parents) up; see `copy_up_with`.
+    fn copy_up(&self, ino: u64) -> Res<()> {
+        self.copy_up_with(ino, true)
+    }
+
+    /// Copies node `ino` (and missing parents) up. A copy-up changes the merged order of the
+    /// directory listing the entry (the kernel's order puts upper entries apart), and a copied
+    /// directory's own listing and link count: the kernel's cached pages and attributes of those
+    /// directories are dropped (attributes and pages only, which no lock of ours guards).
+    fn copy_up_with(&self, ino: u64, data: bool) -> Res<()> {
+        let copied = self
+            .copy
+            .ensure_upper_with(&self.layers, &self.inodes, ino, data)?;
+        if let (false, Some(n)) = (copied.is_empty(), self.notifier.get()) {
+            let mut dirs: Vec<u64> = Vec::new();
+            for &c in &copied {
+                if let Some(info) = self.inodes.get(c) {
+                    dirs.push(info.parent);
+                    if info.is_dir {
+                        dirs.push(c);
+                    }
+                }
+            }
+            dirs.sort_unstable();
+            dirs.dedup();
+            for d in dirs {
+                if let Err(e) = n.inval_inode(INodeNo(d), 0, 0) {
+                    log::debug!("inval_inode({d}): {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the mount puts its notifier, for invalidating the kernel's caches.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// How long the kernel may keep attributes: not at all for a file with several links,
@@ -197,20 +238,17 @@ impl StrataFs {
         }
     }
 
-    /// Any open fd of node `ino`, else the fd kept when it was removed (for a node no longer
-    /// reachable by name).
+    /// The fd kept when node `ino` was removed (its last state: a copy-up after a read-only
+    /// open included), else any open fd of it (for a node no longer reachable by name).
     fn any_fd_of(&self, ino: u64) -> Option<OwnedFd> {
+        if let Some(fd) = self.orphans.lock().get(&ino) {
+            return sys::dup(fd.as_fd()).ok();
+        }
         let files = self.files.read();
         files
             .values()
             .find(|h| h.ino == ino)
             .and_then(|h| sys::dup(h.file.read().0.as_fd()).ok())
-            .or_else(|| {
-                self.orphans
-                    .lock()
-                    .get(&ino)
-                    .and_then(|fd| sys::dup(fd.as_fd()).ok())
-            })
     }
 
     /// Before `name` in `parent` leaves the tree: keep an fd of the entry the kernel may still
@@ -312,7 +350,7 @@ impl StrataFs {
         if name.len() > 255 {
             return Err(sys::err(libc::ENAMETOOLONG));
         }
-        self.copy.ensure_upper(&self.layers, &self.inodes, parent)?;
+        self.copy_up(parent)?;
         let (ppath, _pinfo) = self.node(parent)?;
         let udir = self.layers.dir(0, &ppath)?;
         let over_whiteout = match sys::fstatat(udir.fd(), name) {
@@ -454,8 +492,7 @@ impl StrataFs {
         let info = self.inodes.get(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
         if !info.unlinked {
             let keep_data = size != Some(0);
-            self.copy
-                .ensure_upper_with(&self.layers, &self.inodes, ino, keep_data)?;
+            self.copy_up_with(ino, keep_data)?;
         }
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         if let Some(size) = size {
@@ -512,13 +549,11 @@ impl StrataFs {
         if dir && !readdir::is_empty(&self.layers, &join(&ppath, name), &found.layers)? {
             return Err(sys::err(libc::ENOTEMPTY));
         }
-        self.copy.ensure_upper(&self.layers, &self.inodes, parent)?;
+        self.copy_up(parent)?;
         let (ppath, pinfo) = self.node(parent)?;
         let udir = self.layers.dir(0, &ppath)?;
         let lower_pos = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
-        if !dir {
-            self.keep_orphan(parent, name);
-        }
+        self.keep_orphan(parent, name);
         if self.layers.is_upper(found.layers[0]) {
             if lower_pos {
                 self.replace_with_whiteout(udir.fd(), name)?;
@@ -614,6 +649,19 @@ impl StrataFs {
                             &d.layers,
                         )? =>
                     {
+                        // The kernel marks the moving directory opaque before the upper
+                        // filesystem refuses to replace a non-empty upper directory: the marker
+                        // stays. Do the same, so the upper layers stay identical.
+                        if pure_upper(d) && npinfo.layers.len() > 1 {
+                            let sdir = self.layers.dir(0, &ppath)?;
+                            let fd = sys::openat(
+                                sdir.fd(),
+                                name,
+                                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                                0,
+                            )?;
+                            whiteout::set_opaque(fd.as_fd(), &self.layers.opaque_xattr())?;
+                        }
                         return Err(sys::err(libc::ENOTEMPTY));
                     }
                     _ => {}
@@ -631,10 +679,8 @@ impl StrataFs {
                 src.origin_ino,
             )
         });
-        self.copy
-            .ensure_upper(&self.layers, &self.inodes, src_ino)?;
-        self.copy
-            .ensure_upper(&self.layers, &self.inodes, newparent)?;
+        self.copy_up(src_ino)?;
+        self.copy_up(newparent)?;
         if let (Some(d), true) = (&dst, exchange) {
             let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
                 self.inodes.insert(
@@ -645,7 +691,7 @@ impl StrataFs {
                     d.origin_ino,
                 )
             });
-            self.copy.ensure_upper(&self.layers, &self.inodes, i)?;
+            self.copy_up(i)?;
         }
         let (ppath, pinfo) = self.node(parent)?;
         let (nppath, npinfo) = self.node(newparent)?;
@@ -741,9 +787,8 @@ impl StrataFs {
         if newname.len() > 255 {
             return Err(sys::err(libc::ENAMETOOLONG));
         }
-        self.copy.ensure_upper(&self.layers, &self.inodes, ino)?;
-        self.copy
-            .ensure_upper(&self.layers, &self.inodes, newparent)?;
+        self.copy_up(ino)?;
+        self.copy_up(newparent)?;
         let (path, info) = self.node(ino)?;
         if info.unlinked {
             return Err(sys::err(libc::ENOENT));
@@ -779,8 +824,7 @@ impl StrataFs {
         if write {
             self.check_writable()?;
             let keep_data = flags & libc::O_TRUNC == 0;
-            self.copy
-                .ensure_upper_with(&self.layers, &self.inodes, ino, keep_data)?;
+            self.copy_up_with(ino, keep_data)?;
         }
         let (path, info) = self.node(ino)?;
         if info.unlinked {
@@ -1222,7 +1266,12 @@ impl fuser::Filesystem for StrataFs {
             Ok(fh)
         });
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The listing changes only through the mount, and the kernel drops its cached
+            // pages of a directory whenever it changes one through FUSE: keep them.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1342,7 +1391,7 @@ impl fuser::Filesystem for StrataFs {
         let r = (|| {
             let name = self.layers.escape_xattr(name);
             self.check_writable()?;
-            self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
+            self.copy_up(ino.0)?;
             let fd = self.xattr_target(ino.0)?;
             sys::fsetxattr(fd.as_fd(), &name, value, flags)
         })();
@@ -1395,7 +1444,7 @@ impl fuser::Filesystem for StrataFs {
             // Removing an xattr the file does not have changes nothing: no copy-up for it.
             let fd = self.xattr_target(ino.0)?;
             sys::fgetxattr(fd.as_fd(), &name)?;
-            self.copy.ensure_upper(&self.layers, &self.inodes, ino.0)?;
+            self.copy_up(ino.0)?;
             let fd = self.xattr_target(ino.0)?;
             sys::fremovexattr(fd.as_fd(), &name)
         })();

@@ -237,7 +237,9 @@ fn start(opts: &Options) -> Result<Mounted, MountError> {
     let acl = config.acl;
     // The kernel queued INIT when the mount was made; from_fd reads and answers it. On error
     // the guard drops and takes the (dead) mount away.
+    let notifier = fs.notifier_slot();
     let session = fuser::Session::from_fd(fs, fd, acl, config).map_err(MountError::Handshake)?;
+    let _ = notifier.set(session.notifier());
     info!(
         "mounted {} on {} (device {}:{})",
         opts.fsname,
