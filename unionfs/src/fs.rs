@@ -162,6 +162,7 @@ impl StrataFs {
         let layers = Layers::open_stack(opts).map_err(|e| io::Error::other(e.to_string()))?;
         // Modes of new files come from the kernel already masked; ours must not mask them again.
         sys::umask(0);
+        sys::single_arena();
         let root_layers: Vec<LayerIdx> = (0..layers.layers.len()).collect();
         Ok(StrataFs {
             writable: opts.writable(),

@@ -38,9 +38,45 @@ struct Table {
     nodes: HashMap<u64, Entry>,
     names: HashMap<(u64, OsString), u64>,
     next: u64,
+    /// The most nodes held since memory was last given back.
+    peak: usize,
 }
 
 impl Table {
+    /// Moves every live node into fresh allocations and drops the old ones: after a mass
+    /// forget, the few survivors would otherwise pin the pages of the many freed nodes.
+    fn compact(&mut self) {
+        let fresh_name = |n: &OsStr| OsString::from(n.to_os_string().as_os_str());
+        let nodes: HashMap<u64, Entry> = self
+            .nodes
+            .drain()
+            .map(|(k, e)| {
+                let info = NodeInfo {
+                    name: fresh_name(&e.info.name),
+                    layers: e.info.layers.to_vec(),
+                    ..e.info
+                };
+                let extra = e.extra.iter().map(|(p, n)| (*p, fresh_name(n))).collect();
+                (
+                    k,
+                    Entry {
+                        info,
+                        nlookup: e.nlookup,
+                        extra,
+                        children: e.children,
+                    },
+                )
+            })
+            .collect();
+        let names: HashMap<(u64, OsString), u64> = self
+            .names
+            .drain()
+            .map(|((p, n), v)| ((p, fresh_name(&n)), v))
+            .collect();
+        self.nodes = nodes;
+        self.names = names;
+    }
+
     fn add_child(&mut self, parent: u64) {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
@@ -157,6 +193,7 @@ impl Inodes {
                 nodes,
                 names: HashMap::new(),
                 next: ROOT + 1,
+                peak: 1,
             }),
         }
     }
@@ -293,6 +330,17 @@ impl Inodes {
             e.nlookup = e.nlookup.saturating_sub(n);
         }
         t.reap(ino);
+        let len = t.nodes.len();
+        t.peak = t.peak.max(len);
+        // Once the kernel has forgotten most of a large tree (a walk, then memory pressure),
+        // give the tables' room and the allocator's free memory back to the system.
+        if t.peak >= 64 && len < t.peak / 4 {
+            t.compact();
+            t.peak = len.max(1);
+            drop(t);
+            crate::sys::malloc_trim();
+            log::debug!("forgotten down to {len} nodes: memory given back");
+        }
     }
 
     /// `name` in `parent` is gone from the tree; a node the kernel holds stays, marked unlinked
