@@ -507,7 +507,6 @@ fn caps(r: &Path, name: &str) -> (R<Data>, R<u32>) {
 
 /// Metadata-only copy-ups keep the capability, as the kernel's copy-up does.
 #[test]
-#[ignore = "stratafs bug: copy-up drops security.capability (chmod/utimens/setxattr of a lower file lose it)"]
 fn capability_survives_metadata_copy_up() {
     let pair = Pair::new("capcopyup", &cap_layers());
     pair.step(|r| caps(r, "chmod"));
@@ -551,7 +550,6 @@ fn capability_dropped_on_write() {
 /// and the kernel's "kill privileges" removexattr(security.capability), sent because the file
 /// had one, then finds none.
 #[test]
-#[ignore = "stratafs bug: truncate/chown of a lower file with security.capability fails with ENODATA"]
 fn capability_dropped_on_truncate_and_chown() {
     let pair = Pair::new("captrunc", &cap_layers());
     pair.step(|r| chown(r.join("chown"), 1001, 1001));

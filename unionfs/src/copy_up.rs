@@ -189,11 +189,13 @@ impl CopyUp {
             _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
         }
         let dst = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        // Owner first: a chown drops security.capability, which the xattrs then bring along.
+        copy_owner(dst.as_fd(), st)?;
         copy_xattrs(layers, src.as_fd(), dst.as_fd())?;
         if keeps_origin(layers, st) {
             layers.set_origin(src.as_fd(), dst.as_fd());
         }
-        copy_attrs(dst.as_fd(), st)
+        copy_mode_times(dst.as_fd(), st)
     }
 }
 
@@ -203,16 +205,20 @@ fn keeps_origin(layers: &Layers, st: &sys::Stat) -> bool {
     layers.same_fs && (is_dir(st) || st.st_nlink == 1)
 }
 
-/// Owner, mode (after the owner: chown clears set-id bits) and times of `st` onto `dst`.
-pub fn copy_attrs(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
+fn copy_owner(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
     match sys::fchown(dst, Some(st.st_uid), Some(st.st_gid)) {
         // Rootless: a file of another owner cannot keep its owner; the copy is ours, as with
         // fuse-overlayfs without an id mapping.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {
             log::debug!("copy-up: owner {}:{} not kept: {e}", st.st_uid, st.st_gid);
+            Ok(())
         }
-        r => r?,
+        r => r,
     }
+}
+
+/// Mode (after the owner: chown clears set-id bits), then times, last of all.
+fn copy_mode_times(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
         sys::fchmod_path(dst, st.st_mode & 0o7777)?;
     }

@@ -1255,6 +1255,15 @@ impl fuser::Filesystem for StrataFs {
             } else {
                 None
             };
+            // A directory of one layer is listed with the layer's own offsets, valid for any
+            // handle: the kernel may cache it (it drops the pages whenever it changes the
+            // directory through FUSE, and we drop them on a copy-up). A merged listing's
+            // offsets index one handle's snapshot, so it is not shared that way.
+            let flags = if real.is_some() {
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
             let fh = self.new_fh();
             self.dirs.write().insert(
                 fh,
@@ -1264,15 +1273,10 @@ impl fuser::Filesystem for StrataFs {
                     real,
                 }),
             );
-            Ok(fh)
+            Ok((fh, flags))
         });
         match r {
-            // The listing changes only through the mount, and the kernel drops its cached
-            // pages of a directory whenever it changes one through FUSE: keep them.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(e)),
         }
     }
