@@ -49,6 +49,10 @@ pub use ops::*;
 // Randomized differential testing (generator, runner, shrinker): see tests/src/random.rs.
 pub mod random;
 
+// /proc helpers (daemon pids, fds, RSS, drop_caches, wait_until) shared by the test files.
+pub mod procfs;
+use procfs::{alive, daemon_pids};
+
 /// Result of an operation: a comparable value or the errno.
 pub type R<T> = Result<T, Errno>;
 
@@ -1755,47 +1759,6 @@ pub fn unmount(mnt: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("umount -l {}: {}", mnt.display(), Errno::last()))
-    }
-}
-
-fn daemon_pids(mnt: &Path) -> Vec<i32> {
-    let want = mnt.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    let me = std::process::id() as i32;
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            let is_strata = args
-                .first()
-                .map(|a0| a0.ends_with(b"stratafs"))
-                .unwrap_or(false);
-            if is_strata && args.contains(&want) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
-fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
     }
 }
 

@@ -2,11 +2,12 @@
 //! and deleted through the mount (the kernel forgets unlinked inodes, and the daemon must drop
 //! what it held for them).
 
+use e2e::procfs::{daemon_pid, drop_caches, fd_count, rss_kib, wait_until};
 use e2e::stratafs_bin;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Mount {
     root: PathBuf,
@@ -37,27 +38,6 @@ impl Mount {
         assert!(st.success(), "stratafs mount failed");
         Mount { root, mnt }
     }
-
-    /// The daemon serving this mount (its command line names the mount point).
-    fn daemon(&self) -> u32 {
-        let want = self.mnt.as_os_str().as_encoded_bytes().to_vec();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            if cmd.split(|&b| b == 0).any(|a| a == want.as_slice())
-                && fs::read_link(format!("/proc/{pid}/exe"))
-                    .map(|p| p.ends_with("stratafs"))
-                    .unwrap_or(false)
-            {
-                return pid;
-            }
-        }
-        panic!("no daemon found for {}", self.mnt.display());
-    }
 }
 
 impl Drop for Mount {
@@ -65,32 +45,6 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg(&self.mnt).status();
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-fn fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// Drops the kernel's dentry and inode caches so it forgets what it still holds of the mount.
-fn drop_caches() {
-    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -106,11 +60,11 @@ fn churn(dir: &Path, n: usize) {
 #[test]
 fn create_delete_100k_files_returns_fds_and_memory() {
     let m = Mount::new("bounds");
-    let pid = m.daemon();
+    let pid = daemon_pid(&m.mnt);
     // Warm up the paths used, so that the baseline includes steady-state allocations.
     churn(&m.mnt.join("dir"), 1_000);
     drop_caches();
-    let (fd0, rss0) = (fds(pid), rss_kib(pid));
+    let (fd0, rss0) = (fd_count(pid), rss_kib(pid));
     churn(&m.mnt.join("dir"), 100_000);
     // Also files kept open while deleted, then closed.
     let held: Vec<fs::File> = (0..1000)
@@ -122,14 +76,22 @@ fn create_delete_100k_files_returns_fds_and_memory() {
             f
         })
         .collect();
-    assert!(fds(pid) >= fd0 + 1000, "open files hold a daemon fd each");
+    assert!(
+        fd_count(pid) >= fd0 + 1000,
+        "open files hold a daemon fd each"
+    );
     drop(held);
     drop_caches();
-    wait_for("the daemon's fds to come back down", || fds(pid) <= fd0 + 2);
+    wait_until(
+        "the daemon's fds to come back down",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || fd_count(pid) <= fd0 + 2,
+    );
     let rss1 = rss_kib(pid);
     eprintln!(
         "daemon {pid}: fds {fd0} -> {}, RSS {rss0} KiB -> {rss1} KiB",
-        fds(pid)
+        fd_count(pid)
     );
     // Near the start: what 100,000 nodes would cost if they were kept is far more than this.
     assert!(

@@ -10,6 +10,7 @@
 //!
 //! bounds.rs covers 100,000 create/delete cycles; this is the read-only walk.
 
+use e2e::procfs::{alive, daemon_pid, drop_caches, fd_count, rss_kib};
 use e2e::stratafs_bin;
 use std::collections::BTreeSet;
 use std::fs;
@@ -42,56 +43,6 @@ impl Drop for Mount {
         }
         let _ = fs::remove_dir_all(&self.root);
     }
-}
-
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let st = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            st != Some("Z") && st != Some("X")
-        })
-        .unwrap_or(false)
-}
-
-/// The daemon serving `mnt`: a stratafs process whose command line names the mount point.
-fn daemon_pid(mnt: &Path) -> i32 {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let is_strata = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().ends_with("stratafs"))
-            .unwrap_or(false);
-        if is_strata && cmd.split(|&b| b == 0).any(|a| a == want) {
-            return pid;
-        }
-    }
-    panic!("no stratafs daemon for {}", mnt.display());
-}
-
-fn fds(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-fn drop_caches() {
-    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
 }
 
 fn content(d: usize, f: usize, layer: usize) -> String {
@@ -180,14 +131,14 @@ fn walk(mnt: &Path, dirs: Vec<usize>) -> (usize, usize) {
 fn sampled<T>(pid: i32, f: impl FnOnce() -> T) -> (T, usize, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (pf, pr) = (
-        Arc::new(AtomicUsize::new(fds(pid))),
+        Arc::new(AtomicUsize::new(fd_count(pid))),
         Arc::new(AtomicU64::new(rss_kib(pid))),
     );
     let sampler = {
         let (stop, pf, pr) = (stop.clone(), pf.clone(), pr.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                pf.fetch_max(fds(pid), Ordering::Relaxed);
+                pf.fetch_max(fd_count(pid), Ordering::Relaxed);
                 pr.fetch_max(rss_kib(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -196,7 +147,7 @@ fn sampled<T>(pid: i32, f: impl FnOnce() -> T) -> (T, usize, u64) {
     let r = f();
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    pf.fetch_max(fds(pid), Ordering::Relaxed);
+    pf.fetch_max(fd_count(pid), Ordering::Relaxed);
     pr.fetch_max(rss_kib(pid), Ordering::Relaxed);
     (r, pf.load(Ordering::Relaxed), pr.load(Ordering::Relaxed))
 }
@@ -206,11 +157,11 @@ fn sampled<T>(pid: i32, f: impl FnOnce() -> T) -> (T, usize, u64) {
 fn forget_all(pid: i32, fd0: usize) -> (usize, u64) {
     drop_caches();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while fds(pid) > fd0 + 2 {
+    while fd_count(pid) > fd0 + 2 {
         assert!(
             Instant::now() < deadline,
             "daemon fds stay at {} (started at {fd0})",
-            fds(pid)
+            fd_count(pid)
         );
         drop_caches();
         std::thread::sleep(Duration::from_millis(100));
@@ -228,7 +179,7 @@ fn forget_all(pid: i32, fd0: usize) -> (usize, u64) {
         }
         last = now;
     }
-    (fds(pid), rss_kib(pid))
+    (fd_count(pid), rss_kib(pid))
 }
 
 /// Builds the layers, mounts, takes the baseline, walks everything, forgets: the figures.
@@ -274,7 +225,7 @@ fn walk_300k(name: &str, then: impl FnOnce(&Path, i32, &Figures)) -> Figures {
     drop_caches();
     std::thread::sleep(Duration::from_millis(200));
     let mut fig = Figures {
-        fd0: fds(pid),
+        fd0: fd_count(pid),
         rss0: rss_kib(pid),
         ..Figures::default()
     };

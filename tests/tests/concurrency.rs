@@ -14,6 +14,7 @@
 //! No deadlock: every test runs its work in threads and fails if they are not done by a
 //! (generous) deadline. No crash: the daemon still serves at the end. Seeded by CONC_SEED.
 
+use e2e::procfs::{alive, daemon_pid};
 use e2e::{lstat, open, pwrite, read, stratafs_bin, unmount, Errno, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -146,37 +147,6 @@ impl Drop for Mount {
         }
         let _ = fs::remove_dir_all(&self.root);
     }
-}
-
-fn daemon_pid(mnt: &Path) -> i32 {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let is_strata = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().ends_with("stratafs"))
-            .unwrap_or(false);
-        if is_strata && cmd.split(|&b| b == 0).any(|a| a == want) {
-            return pid;
-        }
-    }
-    panic!("no stratafs daemon for {}", mnt.display());
-}
-
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let st = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            st != Some("Z") && st != Some("X")
-        })
-        .unwrap_or(false)
 }
 
 /// Runs the jobs on threads; fails if they are not all done by the deadline (a deadlock).

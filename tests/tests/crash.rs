@@ -17,6 +17,7 @@
 //! Seeded: CRASH_SEED (default fixed) makes the kill moments and the operations reproducible
 //! (as far as thread scheduling allows); CRASH_ROUNDS scales the number of kills per scenario.
 
+use e2e::procfs::{alive, daemon_pid};
 use e2e::{
     assert_trees_eq, kernel_mount, lstat, open, pwrite, rename2, snapshot, snapshot_with,
     stratafs_bin, unmount, Blob, Entry, Errno, Kind, SnapOpts, Tree, RENAME_EXCHANGE,
@@ -259,39 +260,6 @@ fn list(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// The daemon serving `mnt`: a stratafs process whose command line names the mount point.
-fn daemon_pid(mnt: &Path) -> i32 {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let is_strata = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().ends_with("stratafs"))
-            .unwrap_or(false);
-        if is_strata && cmd.split(|&b| b == 0).any(|a| a == want) {
-            return pid;
-        }
-    }
-    panic!("no stratafs daemon found for {}", mnt.display());
-}
-
-fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
 }
 
 fn wait_gone(pid: i32) {
