@@ -27,6 +27,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type Res<T> = Result<T, io::Error>;
 
+type Listing = Arc<Vec<MergedEntry>>;
+
+/// How many merged directory listings are kept.
+const LISTINGS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
 /// An open file: the real fd and the layer it was opened in. A read-only fd of a lower file is
 /// reopened from the upper layer once the file has been copied up, as the kernel's overlay does.
 struct Handle {
@@ -64,6 +72,12 @@ pub struct StrataFs {
     writable: bool,
     ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Bumped by every change to the tree made through the mount (the layers change no other
+    /// way): a cached merged listing is valid while the generation it was taken at is current.
+    generation: AtomicU64,
+    /// Merged listings by directory node, with their generation; a warm `find` reuses them as
+    /// the kernel's overlay reuses its cached listings.
+    listings: Mutex<lru::LruCache<u64, (u64, Listing)>>,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -175,7 +189,14 @@ impl StrataFs {
             next_fh: AtomicU64::new(1),
             ttl: Duration::from_secs(opts.timeout_secs),
             notifier: Arc::new(OnceLock::new()),
+            generation: AtomicU64::new(0),
+            listings: Mutex::new(lru::LruCache::new(LISTINGS)),
         })
+    }
+
+    /// The tree changed through the mount: cached merged listings are stale.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Copies node `ino` (and missing parents) up; see `copy_up_with`.
@@ -191,6 +212,9 @@ impl StrataFs {
         let copied = self
             .copy
             .ensure_upper_with(&self.layers, &self.inodes, ino, data)?;
+        if !copied.is_empty() {
+            self.changed();
+        }
         if let (false, Some(n)) = (copied.is_empty(), self.notifier.get()) {
             let mut dirs: Vec<u64> = Vec::new();
             for &c in &copied {
@@ -341,6 +365,18 @@ impl StrataFs {
     /// Where a new entry goes: the parent is copied up first; a whiteout at the name is
     /// replaced atomically.
     fn create_entry(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        kind: NewKind,
+    ) -> Res<(u64, FileAttr, Option<OwnedFd>)> {
+        let r = self.create_entry_inner(req, parent, name, kind);
+        self.changed();
+        r
+    }
+
+    fn create_entry_inner(
         &self,
         req: &Request,
         parent: u64,
@@ -520,7 +556,7 @@ impl StrataFs {
         if uid.is_some() || gid.is_some() {
             sys::fchown(fd.as_fd(), uid, gid)?;
             // The real chown by us (root) keeps a setgid bit the caller's own chown would drop.
-            if mode.is_none() && req.uid() != 0 && !info_is_dir(&fd)? {
+            if mode.is_none() && req.uid() != 0 && !is_dir(&sys::fstat(fd.as_fd())?) {
                 kill_suidgid(req, fd.as_fd())?;
             }
         }
@@ -536,6 +572,12 @@ impl StrataFs {
     /// Removes `name` from `parent` (a directory if `dir`), leaving a whiteout where a lower
     /// layer has the name.
     fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
+        let r = self.do_remove_inner(parent, name, dir);
+        self.changed();
+        r
+    }
+
+    fn do_remove_inner(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
         self.check_writable()?;
         let (ppath, pinfo) = self.node(parent)?;
         let found = self
@@ -602,6 +644,19 @@ impl StrataFs {
     }
 
     fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
+        let r = self.do_rename_inner(parent, name, newparent, newname, flags);
+        self.changed();
+        r
+    }
+
+    fn do_rename_inner(
         &self,
         parent: u64,
         name: &OsStr,
@@ -784,6 +839,12 @@ impl StrataFs {
     }
 
     fn do_link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<(u64, FileAttr)> {
+        let r = self.do_link_inner(ino, newparent, newname);
+        self.changed();
+        r
+    }
+
+    fn do_link_inner(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<(u64, FileAttr)> {
         self.check_writable()?;
         if newname.len() > 255 {
             return Err(sys::err(libc::ENAMETOOLONG));
@@ -858,7 +919,23 @@ impl StrataFs {
                 },
             ];
             if !info.unlinked {
-                v.extend(readdir::merged_list(&self.layers, &path, &info.layers)?);
+                // Read before listing: a change made meanwhile makes the result stale at once.
+                let generation = self.generation.load(Ordering::Acquire);
+                let cached = self
+                    .listings
+                    .lock()
+                    .get(&dh.ino)
+                    .filter(|(g, _)| *g == generation)
+                    .map(|(_, l)| l.clone());
+                let list = match cached {
+                    Some(l) => l,
+                    None => {
+                        let l = Arc::new(readdir::merged_list(&self.layers, &path, &info.layers)?);
+                        self.listings.lock().put(dh.ino, (generation, l.clone()));
+                        l
+                    }
+                };
+                v.extend(list.iter().cloned());
             }
             *g = Some(Arc::new(v));
         }
@@ -901,10 +978,6 @@ fn kill_suidgid(req: &Request, fd: BorrowedFd) -> Res<()> {
         sys::fchmod_path(fd, mode)?;
     }
     Ok(())
-}
-
-fn info_is_dir(fd: &OwnedFd) -> Res<bool> {
-    Ok(is_dir(&sys::fstat(fd.as_fd())?))
 }
 
 /// The flags a real file is opened with: access mode and the flags that change I/O behaviour.
@@ -950,9 +1023,16 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        let shrunk = self.inodes.forget(ino.0, nlookup);
         if self.inodes.get(ino.0).is_none() {
             self.orphans.lock().remove(&ino.0);
+            self.listings.lock().pop(&ino.0);
+        }
+        if shrunk {
+            // Most of a large tree is forgotten: its cached listings go too, and the allocator
+            // gives the freed memory back.
+            self.listings.lock().clear();
+            sys::malloc_trim();
         }
     }
 

@@ -321,9 +321,11 @@ impl Inodes {
     }
 
     /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Returns whether most of a large table was just forgotten (and compacted): the moment
+    /// for the caller to drop its own caches and give memory back.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let mut t = self.t.write();
         if let Some(e) = t.nodes.get_mut(&ino) {
@@ -337,10 +339,10 @@ impl Inodes {
         if t.peak >= 64 && len < t.peak / 4 {
             t.compact();
             t.peak = len.max(1);
-            drop(t);
-            crate::sys::malloc_trim();
-            log::debug!("forgotten down to {len} nodes: memory given back");
+            log::debug!("forgotten down to {len} nodes");
+            return true;
         }
+        false
     }
 
     /// `name` in `parent` is gone from the tree; a node the kernel holds stays, marked unlinked
