@@ -987,6 +987,13 @@ fn open_flags(flags: i32) -> i32 {
     flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
 }
 
+fn reply_empty(reply: ReplyEmpty, r: Res<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -1127,17 +1134,11 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.do_remove(parent.0, name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.do_remove(parent.0, name, true))
     }
 
     fn symlink(
@@ -1171,10 +1172,10 @@ impl fuser::Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(
+            reply,
+            self.do_rename(parent.0, name, newparent.0, newname, flags.bits()),
+        )
     }
 
     fn link(
@@ -1310,10 +1311,7 @@ impl fuser::Filesystem for StrataFs {
         let r = self
             .handle(fh)
             .and_then(|h| self.with_fd(&h, |fd| sys::fsync(fd, datasync)));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, r)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1441,10 +1439,7 @@ impl fuser::Filesystem for StrataFs {
                 .open(info.layers[0], &path, libc::O_RDONLY | libc::O_DIRECTORY)?;
             sys::fsync(fd.as_fd(), datasync)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, r)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -1480,10 +1475,7 @@ impl fuser::Filesystem for StrataFs {
             let fd = self.xattr_target(ino.0)?;
             sys::fsetxattr(fd.as_fd(), &name, value, flags)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, r)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1533,10 +1525,7 @@ impl fuser::Filesystem for StrataFs {
             let fd = self.xattr_target(ino.0)?;
             sys::fremovexattr(fd.as_fd(), &name)
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, r)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -1588,10 +1577,7 @@ impl fuser::Filesystem for StrataFs {
         let r = self
             .handle(fh)
             .and_then(|h| self.with_fd(&h, |fd| sys::fallocate(fd, mode, offset, length)));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, r)
     }
 
     fn lseek(
