@@ -232,6 +232,15 @@ impl StrataFs {
                     log::debug!("inval_inode({d}): {e}");
                 }
             }
+            // The copied file's attributes (attributes only: no page, no lock of ours): a
+            // hard-linked lower file becomes a file of one link.
+            for &c in &copied {
+                if self.inodes.get(c).is_some_and(|i| !i.is_dir) {
+                    if let Err(e) = n.inval_inode(INodeNo(c), -1, 0) {
+                        log::debug!("inval_inode({c}): {e}");
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -241,10 +250,17 @@ impl StrataFs {
         self.notifier.clone()
     }
 
-    /// How long the kernel may keep attributes: not at all for a file with several links,
-    /// whose other names (other nodes) may change it, or whose copy-up gives it another inode.
-    fn attr_ttl(&self, a: &FileAttr) -> Duration {
-        if a.nlink > 1 && a.kind != FileType::Directory {
+    /// How long the kernel may keep the attributes of node `ino`: not at all for an upper file
+    /// with several links, which its other names (other nodes) may change. A lower file never
+    /// changes; its copy-up drops the kernel's attributes itself (`copy_up_with`).
+    fn attr_ttl(&self, ino: u64, a: &FileAttr) -> Duration {
+        let shared = a.nlink > 1 && a.kind != FileType::Directory;
+        if shared
+            && self
+                .inodes
+                .top_layer(ino)
+                .is_none_or(|l| self.layers.is_upper(l))
+        {
             Duration::ZERO
         } else {
             self.ttl
@@ -353,7 +369,7 @@ impl StrataFs {
         match r {
             Ok((ino, a)) => reply.entry_node(
                 INodeNo(ino),
-                &self.attr_ttl(&a),
+                &self.attr_ttl(ino, &a),
                 &self.ttl,
                 &a,
                 Generation(0),
@@ -1049,7 +1065,7 @@ impl fuser::Filesystem for StrataFs {
             None => self.reply_attr_of(ino.0),
         };
         match r {
-            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0, &a), &a),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1073,7 +1089,7 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&self.attr_ttl(&a), &a),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0, &a), &a),
             Err(e) => reply.error(errno(e)),
         }
     }

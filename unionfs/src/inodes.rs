@@ -202,6 +202,15 @@ impl Inodes {
         self.t.read().nodes.get(&ino).map(|e| e.info.clone())
     }
 
+    /// The layer holding node `ino`'s entry.
+    pub fn top_layer(&self, ino: u64) -> Option<LayerIdx> {
+        self.t
+            .read()
+            .nodes
+            .get(&ino)
+            .and_then(|e| e.info.layers.first().copied())
+    }
+
     /// The node and its path relative to the layer roots ("" for the root).
     pub fn path(&self, ino: u64) -> Option<(OsString, NodeInfo)> {
         let t = self.t.read();
