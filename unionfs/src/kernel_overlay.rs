@@ -72,13 +72,19 @@ pub fn permitted() -> Result<bool, Refusal> {
     }
 }
 
-/// Whether the kernel would show the stack as stratafs does: it ignores OCI `.wh.` markers.
-pub fn can_honour(opts: &Options) -> Result<(), Refusal> {
+/// Whether the kernel accepts the stack's shape: an upper layer, or at least two lowers.
+fn mountable(opts: &Options) -> Result<(), Refusal> {
     if opts.upperdir.is_none() && opts.lowerdirs.len() < 2 {
         return Err(Refusal(
             "the kernel overlay needs an upper layer or at least two lower layers".to_string(),
         ));
     }
+    Ok(())
+}
+
+/// Whether the kernel would show the stack as stratafs does: it ignores OCI `.wh.` markers.
+pub fn can_honour(opts: &Options) -> Result<(), Refusal> {
+    mountable(opts)?;
     for l in &opts.lowerdirs {
         let dir = std::fs::File::open(l)
             .map_err(|e| Refusal(format!("lowerdir {}: {e}", l.display())))?;
@@ -128,12 +134,7 @@ pub fn choose(opts: &Options) -> Result<(Chosen, String), Refusal> {
         Driver::Fuse => Ok((Chosen::Fuse, "driver=fuse".to_string())),
         Driver::Kernel => {
             let userns = permitted()?;
-            if opts.upperdir.is_none() && opts.lowerdirs.len() < 2 {
-                return Err(Refusal(
-                    "the kernel overlay needs an upper layer or at least two lower layers"
-                        .to_string(),
-                ));
-            }
+            mountable(opts)?;
             Ok((
                 Chosen::Kernel {
                     userxattr: userns || wants_user,
