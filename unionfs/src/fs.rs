@@ -57,6 +57,10 @@ struct DirHandle {
     entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
     /// A directory of a single layer: the real directory, read with its own offsets.
     real: Option<Mutex<RealDir>>,
+    /// A merged directory of lower layers only, as it was at open (its path and layers): the
+    /// kernel caches such a listing, and a handle that falls back to READDIR after a copy-up
+    /// must find the same entries at the same offsets.
+    frozen: Option<(OsString, Vec<LayerIdx>)>,
 }
 
 pub struct StrataFs {
@@ -934,7 +938,9 @@ impl StrataFs {
                     kind: libc::DT_DIR,
                 },
             ];
-            if !info.unlinked {
+            if let Some((path, layers)) = &dh.frozen {
+                v.extend(readdir::merged_list(&self.layers, path, layers)?);
+            } else if !info.unlinked {
                 // Read before listing: a change made meanwhile makes the result stale at once.
                 let generation = self.generation.load(Ordering::Acquire);
                 let cached = self
@@ -1212,9 +1218,10 @@ impl fuser::Filesystem for StrataFs {
             if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
                 self.with_fd(&h, |fd| kill_suidgid(req, fd))?;
             }
-            // The file changes only through this node (one link; lower layers never change):
-            // the kernel may keep its pages from one open to the next.
-            let single = self.with_fd(&h, sys::fstat).map(|st| st.st_nlink <= 1)?;
+            // The file changes only through this node (a lower file never changes; an upper
+            // one with a single link): the kernel may keep its pages from one open to the next.
+            let lower = !self.layers.is_upper(h.file.read().1);
+            let single = lower || self.with_fd(&h, sys::fstat).map(|st| st.st_nlink <= 1)?;
             let flags = if single {
                 FopenFlags::FOPEN_KEEP_CACHE
             } else {
@@ -1299,7 +1306,9 @@ impl fuser::Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Writes reach the layer before they are answered: nothing is left to flush, and
+        // ENOSYS tells the kernel never to send FLUSH again (one round trip less per close).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -1349,11 +1358,14 @@ impl fuser::Filesystem for StrataFs {
             } else {
                 None
             };
-            // A directory of one layer is listed with the layer's own offsets, valid for any
-            // handle: the kernel may cache it (it drops the pages whenever it changes the
-            // directory through FUSE, and we drop them on a copy-up). A merged listing's
-            // offsets index one handle's snapshot, so it is not shared that way.
-            let flags = if real.is_some() {
+            // A directory of lower layers only changes by being copied up first, and we drop
+            // the kernel's pages then: the kernel may cache its listing. One with an upper
+            // layer is not cached: a reader racing a change could see a name twice when the
+            // kernel falls back from its cache in the middle of a listing.
+            let lower_only =
+                !info.unlinked && !info.layers.iter().any(|&l| self.layers.is_upper(l));
+            let frozen = (lower_only && real.is_none()).then(|| (path, info.layers.clone()));
+            let flags = if lower_only {
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
             } else {
                 FopenFlags::empty()
@@ -1365,6 +1377,7 @@ impl fuser::Filesystem for StrataFs {
                     ino: ino.0,
                     entries: Mutex::new(None),
                     real,
+                    frozen,
                 }),
             );
             Ok((fh, flags))
