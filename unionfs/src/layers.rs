@@ -4,13 +4,19 @@
 use crate::options::{Options, XattrNamespace};
 use crate::sys;
 use crate::whiteout;
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 /// Index of a layer in `Layers::layers`; the upper, when present, is 0.
 pub type LayerIdx = usize;
@@ -64,6 +70,75 @@ pub struct Layers {
     /// Whiteouts are written as zero-size files with the `overlay.whiteout` xattr: asked for,
     /// or found necessary when the upper refused a 0/0 device.
     xwhiteouts: AtomicBool,
+    /// Directories of lower layers by (layer, path): lower layers never change, so what was
+    /// read once stays true, and a miss needs no system call. Bounded: each holds an fd.
+    lower_dirs: Mutex<LruCache<(LayerIdx, OsString), Arc<LowerDir>>>,
+}
+
+/// How many lower directories stay open and indexed.
+const LOWER_DIRS: usize = 512;
+/// A lower directory with more entries keeps its fd but not its names.
+const LOWER_DIR_MAX_NAMES: usize = 100_000;
+
+/// At most an eighth of the fds we may open, so that users' open files always find room.
+fn lower_dirs_capacity() -> NonZeroUsize {
+    let limit = sys::mount::nofile_limit().unwrap_or(1024) as usize;
+    NonZeroUsize::new(LOWER_DIRS.min(limit / 8)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// One directory of a lower layer, read once.
+pub struct LowerDir {
+    fd: OwnedFd,
+    /// Every name in it (`None`: too many to keep, ask the filesystem).
+    names: Option<HashSet<OsString>>,
+}
+
+impl LowerDir {
+    fn read(fd: OwnedFd) -> io::Result<LowerDir> {
+        let mut names = HashSet::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let batch = sys::getdents(fd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                if e.name != "." && e.name != ".." {
+                    names.insert(e.name);
+                }
+            }
+            if names.len() > LOWER_DIR_MAX_NAMES {
+                return Ok(LowerDir { fd, names: None });
+            }
+        }
+        names.shrink_to_fit();
+        Ok(LowerDir {
+            fd,
+            names: Some(names),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether `name` may exist here (`false` is certain; `true` must be checked).
+    fn may_have(&self, name: &[u8]) -> bool {
+        self.names
+            .as_ref()
+            .is_none_or(|n| n.contains(OsStr::from_bytes(name)))
+    }
+
+    /// Whether an OCI marker `.wh.NAME` hides `name` here.
+    fn has_oci_whiteout(&self, name: &OsStr) -> bool {
+        let mut marker = Vec::with_capacity(whiteout::OCI_PREFIX.len() + name.len());
+        marker.extend_from_slice(whiteout::OCI_PREFIX);
+        marker.extend_from_slice(name.as_bytes());
+        if self.names.is_some() {
+            return self.may_have(&marker);
+        }
+        whiteout::has_oci_whiteout(self.fd(), name)
+    }
 }
 
 /// Name of the scratch directory inside workdir, the same as the kernel's.
@@ -121,6 +196,7 @@ impl Layers {
             xattr_ns,
             same_fs,
             xwhiteouts: AtomicBool::new(opts.xwhiteouts),
+            lower_dirs: Mutex::new(LruCache::new(lower_dirs_capacity())),
         })
     }
 
@@ -149,6 +225,23 @@ impl Layers {
             return Ok(DirFd::Root(self.root(l)));
         }
         sys::open_beneath(self.root(l), rel, libc::O_PATH | libc::O_DIRECTORY, 0).map(DirFd::Owned)
+    }
+
+    /// The directory `rel` of lower layer `l`, read and kept (`None`: no such directory).
+    pub fn lower_dir(&self, l: LayerIdx, rel: &OsStr) -> io::Result<Option<Arc<LowerDir>>> {
+        let key = (l, rel.to_os_string());
+        if let Some(d) = self.lower_dirs.lock().get(&key) {
+            return Ok(Some(d.clone()));
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let fd = match self.open(l, rel, flags) {
+            Ok(fd) => fd,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let d = Arc::new(LowerDir::read(fd)?);
+        self.lower_dirs.lock().put(key, d.clone());
+        Ok(Some(d))
     }
 
     /// Opens `rel` in layer `l` with `flags` (O_NOFOLLOW is added: a symlink is never followed).
@@ -399,21 +492,39 @@ impl Layers {
             if lower && whiteout::is_oci_marker(name) {
                 continue;
             }
-            let dir = match self.dir(l, rel) {
-                Ok(d) => d,
-                Err(e) if is_gone(&e) => continue,
-                Err(e) => return Err(e),
+            let (upper_dir, lower_dir) = if lower {
+                let Some(d) = self.lower_dir(l, rel)? else {
+                    continue;
+                };
+                if !d.may_have(name.as_bytes()) {
+                    if d.has_oci_whiteout(name) {
+                        break;
+                    }
+                    continue;
+                }
+                (None, Some(d))
+            } else {
+                match self.dir(l, rel) {
+                    Ok(d) => (Some(d), None),
+                    Err(e) if is_gone(&e) => continue,
+                    Err(e) => return Err(e),
+                }
             };
-            match sys::fstatat(dir.fd(), name) {
+            let dir = match (&upper_dir, &lower_dir) {
+                (Some(d), _) => d.fd(),
+                (None, Some(d)) => d.fd(),
+                (None, None) => continue,
+            };
+            match sys::fstatat(dir, name) {
                 Ok(st) => {
-                    if self.is_whiteout_at(dir.fd(), name, &st) {
+                    if self.is_whiteout_at(dir, name, &st) {
                         break;
                     }
                     match &mut found {
                         None => {
                             let d = is_dir(&st);
                             let origin_ino = if self.is_upper(l) && self.same_fs {
-                                sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+                                sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
                                     .ok()
                                     .and_then(|fd| self.origin_ino(fd.as_fd()))
                             } else {
@@ -424,7 +535,7 @@ impl Layers {
                                 layers: vec![l],
                                 origin_ino,
                             });
-                            if !d || self.is_opaque(l, dir.fd(), name)? {
+                            if !d || self.is_opaque(l, dir, name)? {
                                 break;
                             }
                         }
@@ -433,14 +544,14 @@ impl Layers {
                                 break;
                             }
                             f.layers.push(l);
-                            if self.is_opaque(l, dir.fd(), name)? {
+                            if self.is_opaque(l, dir, name)? {
                                 break;
                             }
                         }
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    if lower && whiteout::has_oci_whiteout(dir.fd(), name) {
+                    if lower_dir.as_ref().is_some_and(|d| d.has_oci_whiteout(name)) {
                         break;
                     }
                 }

@@ -72,6 +72,19 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit: the filesystem holds one fd per open
 /// layer file.
+/// The soft RLIMIT_NOFILE.
+pub fn nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
