@@ -1676,6 +1676,17 @@ pub fn kernel_mount(
     upper_work: Option<(&Path, &Path)>,
     mnt: &Path,
 ) -> Result<(), String> {
+    kernel_mount_with(lowers, upper_work, &[], mnt)
+}
+
+/// `kernel_mount` with flag options (`volatile`, `userxattr`...). The error text names the
+/// failing step and its errno (`fsconfig create: EINVAL: ...`).
+pub fn kernel_mount_with(
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    flags: &[&str],
+    mnt: &Path,
+) -> Result<(), String> {
     let name = cstr("overlay");
     let fsfd = cvt_l(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1u32) })
         .map_err(|e| format!("fsopen overlay: {e}"))?;
@@ -1703,6 +1714,21 @@ pub fn kernel_mount(
             .map_err(|e| format!("fsconfig upperdir: {e} {}", msgs()))?;
         fsconfig_str(f, "workdir", w.to_str().unwrap())
             .map_err(|e| format!("fsconfig workdir: {e} {}", msgs()))?;
+    }
+    for flag in flags {
+        let k = cstr(flag);
+        // FSCONFIG_SET_FLAG = 0
+        cvt_l(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                f,
+                0u32,
+                k.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        })
+        .map_err(|e| format!("fsconfig {flag}: {e} {}", msgs()))?;
     }
     cvt_l(unsafe {
         libc::syscall(

@@ -469,7 +469,25 @@ fn unknown_option() {
         &["unknown option", "bogus_option"],
     );
     // Overlay options stratafs does not implement are unknown too, not silently ignored.
-    reject(&format!("lowerdir={},volatile", p(&l)), &m, &["volatile"]);
+    reject(
+        &format!("lowerdir={},redirect_dir=on", p(&l)),
+        &m,
+        &["unknown option", "redirect_dir"],
+    );
+}
+
+#[test]
+fn volatile_without_upper() {
+    let s = Scratch::new("volatile");
+    let (l, l2, m) = (s.dir("l"), s.dir("l2"), s.dir("m"));
+    // Both drivers: the option only means something for an upper layer.
+    for driver in ["fuse", "kernel", "auto"] {
+        reject(
+            &format!("lowerdir={}:{},volatile,driver={driver}", p(&l), p(&l2)),
+            &m,
+            &["volatile needs upperdir and workdir"],
+        );
+    }
 }
 
 #[test]

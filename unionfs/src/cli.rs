@@ -75,6 +75,10 @@ pub enum CliError {
         upper: PathBuf,
         work: PathBuf,
     },
+    /// An option that only means something with an upper layer (`volatile`).
+    NeedsUpper(&'static str),
+    /// The workdir records a feature in `work/incompat` (a `volatile` mount used it).
+    Incompat(crate::layers::Incompat),
 }
 
 impl fmt::Display for CliError {
@@ -129,6 +133,11 @@ impl fmt::Display for CliError {
                 work.display(),
                 upper.display()
             ),
+            CliError::NeedsUpper(option) => write!(
+                f,
+                "{option} needs upperdir and workdir: without an upper layer nothing is written"
+            ),
+            CliError::Incompat(inc) => write!(f, "workdir {}: {inc}", inc.workdir.display()),
         }
     }
 }
@@ -176,6 +185,12 @@ Layer options:
                       honour the stack, FUSE otherwise (-v says which and why)
   xwhiteouts          FUSE driver: write whiteouts as empty files with the overlay.whiteout
                       xattr (what it does anyway where 0/0 devices cannot be made)
+  volatile            as the kernel's: never sync the upper layer (no fsync of copied-up
+                      data; fsync, fdatasync and O_SYNC return at once), for throwaway
+                      uppers. Needs upperdir. Marks workdir/work/incompat/volatile, which
+                      stays after unmount: later mounts of that workdir (either driver)
+                      refuse with EINVAL until it is removed; after a crash, discard the
+                      upper layer instead
 
 Generic options (as passed by mount(8)):
   ro rw nodev dev nosuid suid noexec exec noatime atime relatime strictatime
@@ -316,6 +331,11 @@ where
             })
         }
         _ => {}
+    }
+    // As the kernel's `volatile` it skips syncs of the upper layer; with none it is a mistake
+    // (the kernel ignores it with a note in its log).
+    if opts.volatile && opts.upperdir.is_none() {
+        return Err(CliError::NeedsUpper("volatile"));
     }
     // An explicit fsname= wins over the SOURCE argument of the mount helper form.
     if let Some(name) = fsname.or_else(|| source.map(|s| s.to_string_lossy().into_owned())) {
@@ -507,6 +527,7 @@ fn apply_item(
         b"allow_other" | b"allow_root" => Some(|o| o.allow_other = true),
         b"userxattr" => Some(|o| o.xattr_ns = Some(XattrNamespace::User)),
         b"xwhiteouts" => Some(|o| o.xwhiteouts = true),
+        b"volatile" => Some(|o| o.volatile = true),
         // Accepted without effect: default_permissions is always on; the rest are either
         // meaningful only to mount(8)/fstab or not supported by FUSE mounts.
         b"default_permissions"
@@ -584,6 +605,21 @@ pub fn validate(opts: &Options) -> Result<Options, CliError> {
                 upper: upper.1.to_path_buf(),
                 work: work.1.to_path_buf(),
             });
+        }
+        // Checked here so that both drivers refuse with the same message (the kernel's own
+        // refusal is a bare EINVAL, its reason only in the kernel log).
+        let feature = std::fs::File::open(work.1)
+            .and_then(|w| crate::layers::incompat_feature(std::os::fd::AsFd::as_fd(&w)))
+            .map_err(|err| CliError::Path {
+                what: "workdir",
+                path: work.1.to_path_buf(),
+                err,
+            })?;
+        if let Some(feature) = feature {
+            return Err(CliError::Incompat(crate::layers::Incompat {
+                workdir: work.1.to_path_buf(),
+                feature,
+            }));
         }
     }
     Ok(out)
@@ -767,6 +803,9 @@ mod tests {
         let o = mount(&["-o", "lowerdir=/l,driver=kernel,xwhiteouts", "/m"]);
         assert_eq!(o.driver, Driver::Kernel);
         assert!(o.xwhiteouts);
+        assert!(!o.volatile);
+        let o = mount(&["-o", "volatile,lowerdir=/l,upperdir=/u,workdir=/w", "/m"]);
+        assert!(o.volatile && o.writable());
         assert!(matches!(
             error(&["-o", "lowerdir=/l,driver=zfs", "/m"]),
             CliError::BadValue { .. }
@@ -807,8 +846,15 @@ mod tests {
             CliError::EmptyPath { .. }
         ));
         let e = error(&["-o", "lowerdir=/l,volatile", "/m"]);
-        assert!(matches!(e, CliError::UnknownOption(_)));
-        assert!(e.to_string().contains("volatile"));
+        assert!(matches!(e, CliError::NeedsUpper("volatile")));
+        assert_eq!(
+            e.to_string(),
+            "volatile needs upperdir and workdir: without an upper layer nothing is written"
+        );
+        assert!(matches!(
+            error(&["-o", "lowerdir=/l,volatile=1,upperdir=/u,workdir=/w", "/m"]),
+            CliError::BadValue { .. }
+        ));
         assert!(matches!(
             error(&["-o", "lowerdir=/l,rw=1", "/m"]),
             CliError::BadValue { .. }
@@ -899,6 +945,11 @@ mod tests {
                 "{l} {u} {w}"
             );
         }
+        std::fs::create_dir_all(base.join("w/work/incompat/volatile")).unwrap();
+        let e = validate(&opts("l", Some("u"), Some("w"), "m")).unwrap_err();
+        assert!(matches!(e, CliError::Incompat(_)));
+        let mark = std::fs::canonicalize(base.join("w/work/incompat/volatile")).unwrap();
+        assert!(e.to_string().contains(&mark.display().to_string()), "{e}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const STRIPES: usize = 64;
 
@@ -18,6 +18,10 @@ pub struct CopyUp {
     /// Serialises copy-ups of one node (striped by node id); never two held at once.
     locks: Vec<Mutex<()>>,
     counter: AtomicU64,
+    /// Our pid, for temporary names (taken once: the daemon does not fork after this).
+    pid: u32,
+    /// FICLONE was refused (the upper cannot reflink): not tried again.
+    no_clone: AtomicBool,
     /// Skip the fsync of copied data (the `volatile` option).
     pub volatile: bool,
 }
@@ -33,6 +37,8 @@ impl CopyUp {
         CopyUp {
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
+            no_clone: AtomicBool::new(false),
             volatile,
         }
     }
@@ -40,7 +46,7 @@ impl CopyUp {
     /// A fresh name for a temporary entry in the work directory.
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#s{:x}.{:x}", std::process::id(), n))
+        OsString::from(format!("#s{:x}.{:x}", self.pid, n))
     }
 
     /// Makes sure node `ino` exists in the upper layer, copying it and its parents up as needed.
@@ -100,8 +106,16 @@ impl CopyUp {
         let parent_rel = parent_of(&path);
         let src_layer = info.layers[0];
         let src_dir = layers.dir(src_layer, parent_rel)?;
-        let src = sys::openat(src_dir.fd(), &info.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let st = sys::fstat(src.as_fd())?;
+        // A regular file whose data is copied is opened once for reading, both for its data
+        // and its xattrs; anything else by O_PATH (opening a device or fifo has effects). The
+        // lower layers do not change under the mount, so the stat still describes it.
+        let st = sys::fstatat(src_dir.fd(), &info.name)?;
+        let src_flags = if data && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            libc::O_RDONLY | libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_NOFOLLOW
+        };
+        let src = sys::openat(src_dir.fd(), &info.name, src_flags, 0)?;
         let upper_dir = layers.dir(0, parent_rel)?;
         let parent_st = sys::fstat(upper_dir.fd())?;
         let work = layers.work()?;
@@ -165,7 +179,9 @@ impl CopyUp {
         with_data: bool,
     ) -> io::Result<()> {
         let fmt = st.st_mode & libc::S_IFMT;
-        match fmt {
+        // A regular file's metadata is set through the fd it was written by; other kinds are
+        // reached by O_PATH.
+        let dst = match fmt {
             libc::S_IFREG => {
                 let dst = sys::openat(
                     work,
@@ -174,21 +190,27 @@ impl CopyUp {
                     0o600,
                 )?;
                 if with_data {
-                    let data = sys::openat(src_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-                    copy_data(data.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    self.copy_data(src.as_fd(), dst.as_fd(), st)?;
+                    // The kernel's copy-up syncs the copied file, and only it (not the work
+                    // or upper directories), before the rename makes it visible.
                     if !self.volatile {
                         sys::fsync(dst.as_fd(), false)?;
                     }
                 }
+                dst
             }
-            libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
-            libc::S_IFLNK => {
-                let target = sys::readlinkat(src_dir, name)?;
-                sys::symlinkat(&target, work, tmp)?;
+            _ => {
+                match fmt {
+                    libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
+                    libc::S_IFLNK => {
+                        let target = sys::readlinkat(src_dir, name)?;
+                        sys::symlinkat(&target, work, tmp)?;
+                    }
+                    _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
+                }
+                sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?
             }
-            _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
-        }
-        let dst = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        };
         // Owner first: a chown drops security.capability, which the xattrs then bring along.
         copy_owner(dst.as_fd(), st)?;
         copy_xattrs(layers, src.as_fd(), dst.as_fd())?;
@@ -219,19 +241,23 @@ fn copy_owner(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
 
 /// Mode (after the owner: chown clears set-id bits), then times, last of all.
 fn copy_mode_times(dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
-    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+    let symlink = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+    if !symlink {
         sys::fchmod_path(dst, st.st_mode & 0o7777)?;
     }
-    sys::futimens_path(
+    sys::futimens_kind(
         dst,
+        symlink,
         sys::Time::Set(st.st_atime, st.st_atime_nsec),
         sys::Time::Set(st.st_mtime, st.st_mtime_nsec),
     )
 }
 
+/// Puts back the times `st` of the directory `dir`.
 pub fn restore_times(dir: BorrowedFd, st: &sys::Stat) {
-    let _ = sys::futimens_path(
+    let _ = sys::futimens_kind(
         dir,
+        false,
         sys::Time::Set(st.st_atime, st.st_atime_nsec),
         sys::Time::Set(st.st_mtime, st.st_mtime_nsec),
     );
@@ -279,15 +305,45 @@ fn copy_xattrs(layers: &Layers, src: BorrowedFd, dst: BorrowedFd) -> io::Result<
     Ok(())
 }
 
-/// Copies `size` bytes: a reflink where the filesystem offers it, else `copy_file_range` over
-/// the data extents only (holes stay holes), else read/write.
-pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> {
-    if size == 0 {
-        return Ok(());
+impl CopyUp {
+    /// Copies the data of `src` (of stat `st`): a reflink where the upper offers it, else
+    /// `copy_file_range`, over the data extents only where the file has holes, else read/write.
+    fn copy_data(&self, src: BorrowedFd, dst: BorrowedFd, st: &sys::Stat) -> io::Result<()> {
+        let size = st.st_size as u64;
+        if size == 0 {
+            return Ok(());
+        }
+        if !self.no_clone.load(Ordering::Relaxed) {
+            match sys::ficlone(dst, src) {
+                Ok(()) => return Ok(()),
+                // The upper's filesystem cannot reflink at all: stop asking. (EXDEV is about
+                // one lower on another mount; others may still share the upper's.)
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY)
+                    ) =>
+                {
+                    self.no_clone.store(true, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+        }
+        // As many blocks as bytes: no hole to find, so no SEEK_DATA/SEEK_HOLE walk.
+        if (st.st_blocks as u64).saturating_mul(512) >= size {
+            let copied = copy_range(src, dst, 0, size)?;
+            return if copied < size {
+                sys::ftruncate(dst, size)
+            } else {
+                Ok(())
+            };
+        }
+        copy_sparse(src, dst, size)
     }
-    if sys::ficlone(dst, src).is_ok() {
-        return Ok(());
-    }
+}
+
+/// Copies `size` bytes over the data extents only (holes stay holes).
+fn copy_sparse(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> {
     let mut off: u64 = 0;
     while off < size {
         let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
@@ -305,14 +361,16 @@ pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> 
     sys::ftruncate(dst, size)
 }
 
-fn copy_range(src: BorrowedFd, dst: BorrowedFd, mut off: u64, end: u64) -> io::Result<()> {
+/// Copies `[off, end)` at the same offsets; returns where it stopped (`end`, or the end of
+/// `src` if it was shorter).
+fn copy_range(src: BorrowedFd, dst: BorrowedFd, mut off: u64, end: u64) -> io::Result<u64> {
     let mut fallback = false;
     let mut buf = Vec::new();
     while off < end {
         let len = ((end - off) as usize).min(1 << 30);
         if !fallback {
             match sys::copy_file_range(src, off, dst, len) {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(off),
                 Ok(n) => {
                     off += n as u64;
                     continue;
@@ -334,7 +392,7 @@ fn copy_range(src: BorrowedFd, dst: BorrowedFd, mut off: u64, end: u64) -> io::R
         }
         let n = sys::pread(src, &mut buf[..len.min(1 << 20)], off)?;
         if n == 0 {
-            return Ok(());
+            return Ok(off);
         }
         let mut w = 0;
         while w < n {
@@ -342,5 +400,5 @@ fn copy_range(src: BorrowedFd, dst: BorrowedFd, mut off: u64, end: u64) -> io::R
         }
         off += n as u64;
     }
-    Ok(())
+    Ok(off)
 }

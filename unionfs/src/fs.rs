@@ -74,6 +74,8 @@ pub struct StrataFs {
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     writable: bool,
+    /// `volatile`: nothing is synced to the upper layer (copy-up, fsync, O_SYNC), as the kernel.
+    volatile: bool,
     ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Bumped by every change to the tree made through the mount (the layers change no other
@@ -184,9 +186,10 @@ impl StrataFs {
         let root_layers: Vec<LayerIdx> = (0..layers.layers.len()).collect();
         Ok(StrataFs {
             writable: opts.writable(),
+            volatile: opts.volatile,
             inodes: Inodes::new(root_layers),
             layers,
-            copy: CopyUp::new(false),
+            copy: CopyUp::new(opts.volatile),
             files: RwLock::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
@@ -447,7 +450,7 @@ impl StrataFs {
                 let f = sys::openat(
                     dir,
                     cname,
-                    open_flags(flags) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    self.open_flags(flags) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     mode & 0o7777,
                 )?;
                 file = Some(f);
@@ -524,7 +527,7 @@ impl StrataFs {
         if !self.layers.is_upper(g.1) {
             if let Some((path, info)) = self.inodes.path(h.ino) {
                 if !info.unlinked && self.layers.is_upper(info.layers[0]) {
-                    let fd = self.layers.open(0, &path, open_flags(h.flags))?;
+                    let fd = self.layers.open(0, &path, self.open_flags(h.flags))?;
                     *g = (fd, 0);
                 }
             }
@@ -913,7 +916,7 @@ impl StrataFs {
             return Err(sys::err(libc::ENOENT));
         }
         let l = info.layers[0];
-        let fd = self.layers.open(l, &path, open_flags(flags))?;
+        let fd = self.layers.open(l, &path, self.open_flags(flags))?;
         Ok(self.add_file(ino, flags, fd, l))
     }
 
@@ -967,6 +970,19 @@ impl StrataFs {
     fn xattr_target(&self, ino: u64) -> Res<OwnedFd> {
         Ok(self.node_fd(ino)?.0)
     }
+
+    /// The flags a real file is opened with: access mode and the flags that change I/O
+    /// behaviour. Not O_APPEND: the kernel sends appends at the end offset itself, and a real
+    /// O_APPEND fd would also append the pages an mmap writes back to their own offsets. Not
+    /// O_SYNC/O_DSYNC on a volatile mount, whose writes the kernel's overlay never syncs.
+    fn open_flags(&self, flags: i32) -> i32 {
+        let sync = if self.volatile {
+            0
+        } else {
+            libc::O_SYNC | libc::O_DSYNC
+        };
+        flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_NOATIME | sync)
+    }
 }
 
 /// Whether the caller of `req` is in group `gid` (its fsgid or a supplementary group).
@@ -1000,13 +1016,6 @@ fn kill_suidgid(req: &Request, fd: BorrowedFd) -> Res<()> {
         sys::fchmod_path(fd, mode)?;
     }
     Ok(())
-}
-
-/// The flags a real file is opened with: access mode and the flags that change I/O behaviour.
-/// Not O_APPEND: the kernel sends appends at the end offset itself, and a real O_APPEND fd
-/// would also append the pages an mmap writes back to their own offsets.
-fn open_flags(flags: i32) -> i32 {
-    flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
 }
 
 fn reply_empty(reply: ReplyEmpty, r: Res<()>) {
@@ -1333,6 +1342,10 @@ impl fuser::Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // Volatile: answered without syncing, as the kernel's overlay answers it.
+        if self.volatile {
+            return reply_empty(reply, self.handle(fh).map(drop));
+        }
         let r = self
             .handle(fh)
             .and_then(|h| self.with_fd(&h, |fd| sys::fsync(fd, datasync)));
@@ -1462,6 +1475,9 @@ impl fuser::Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.volatile {
+            return reply_empty(reply, self.node(ino.0).map(drop));
+        }
         let r = self.node(ino.0).and_then(|(path, info)| {
             let fd = self
                 .layers

@@ -240,6 +240,9 @@ fn mount_new_api(opts: &Options, userxattr: bool) -> Result<(), NewApi> {
     if userxattr {
         msys::fsconfig_flag(&fs, "userxattr").map_err(fail)?;
     }
+    if opts.volatile {
+        msys::fsconfig_flag(&fs, "volatile").map_err(fail)?;
+    }
     msys::fsconfig_create(&fs).map_err(fail)?;
     msys::fsmount_at(&fs, attrs(opts), &opts.mountpoint).map_err(fail)
 }
@@ -260,6 +263,9 @@ fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
     }
     if userxattr {
         data.extend_from_slice(b",userxattr");
+    }
+    if opts.volatile {
+        data.extend_from_slice(b",volatile");
     }
     let data = String::from_utf8(data).map_err(|_| sys::err(libc::EINVAL))?;
     let mut flags = nix::mount::MsFlags::empty();

@@ -170,11 +170,13 @@ impl Layers {
         if let (Some(upper), Some(workdir)) = (&opts.upperdir, &opts.workdir) {
             layers.push(open_root("upperdir", upper)?);
             let w = open_root("workdir", workdir)?;
-            work = Some(prepare_work(&w).map_err(|err| LayerError {
-                what: "workdir",
-                path: workdir.clone(),
-                err,
-            })?);
+            work = Some(
+                prepare_work(&w, workdir, opts.volatile).map_err(|err| LayerError {
+                    what: "workdir",
+                    path: workdir.clone(),
+                    err,
+                })?,
+            );
         }
         for l in &opts.lowerdirs {
             layers.push(open_root("lowerdir", l)?);
@@ -395,9 +397,76 @@ impl Layers {
     }
 }
 
+/// Where the kernel's overlay records features a later mount must understand, inside
+/// `workdir/work`; any entry in it makes the kernel refuse the mount (EINVAL).
+pub const INCOMPAT_SUBDIR: &str = "incompat";
+/// The feature a `volatile` mount records: `work/incompat/volatile/dirty`, as the kernel.
+pub const VOLATILE_FEATURE: &str = "volatile";
+
+/// A workdir marked with a feature in `work/incompat/` (a `volatile` mount used it): refused
+/// as the kernel refuses it, with EINVAL. `Display` is the part after "workdir DIR: ".
+#[derive(Debug)]
+pub struct Incompat {
+    pub workdir: PathBuf,
+    pub feature: OsString,
+}
+
+impl fmt::Display for Incompat {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let dir = self
+            .workdir
+            .join(WORK_SUBDIR)
+            .join(INCOMPAT_SUBDIR)
+            .join(&self.feature);
+        write!(
+            f,
+            "overlay with incompat feature '{}' cannot be mounted (Invalid argument)",
+            self.feature.to_string_lossy()
+        )?;
+        if self.feature == VOLATILE_FEATURE {
+            // The kernel keeps the mark after a clean unmount too: it cannot tell a crash apart.
+            write!(f, ": a volatile mount used it, its upper may be incomplete")?;
+        }
+        write!(f, "; remove {} to mount it again", dir.display())
+    }
+}
+
+impl std::error::Error for Incompat {}
+
+/// The first feature recorded in `work/incompat` under the workdir `workdir_fd`, if any.
+pub fn incompat_feature(workdir_fd: BorrowedFd) -> io::Result<Option<OsString>> {
+    let path = Path::new(WORK_SUBDIR).join(INCOMPAT_SUBDIR);
+    let dir = match sys::openat(
+        workdir_fd,
+        path.as_os_str(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        Ok(d) => d,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<OsString> = sys::read_dir(dir)?.into_iter().map(|e| e.name).collect();
+    names.sort();
+    Ok(names.into_iter().next())
+}
+
 /// Makes `workdir/work` exist and empty: leftovers of a copy-up or whiteout interrupted by a
 /// crash are never visible (they were never renamed into the upper) and are removed here.
-fn prepare_work(workdir: &Layer) -> io::Result<OwnedFd> {
+/// A feature in `work/incompat` refuses the mount first, as the kernel does; an empty
+/// `work/incompat` goes with the rest. A `volatile` mount then marks the workdir.
+fn prepare_work(workdir: &Layer, path: &Path, volatile: bool) -> io::Result<OwnedFd> {
+    if let Some(feature) = incompat_feature(workdir.root.as_fd())? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            Incompat {
+                workdir: path.to_path_buf(),
+                feature,
+            },
+        ));
+    }
     let name = OsStr::new(WORK_SUBDIR);
     match sys::mkdirat(workdir.root.as_fd(), name, 0o700) {
         Ok(()) => {}
@@ -411,7 +480,38 @@ fn prepare_work(workdir: &Layer) -> io::Result<OwnedFd> {
         0,
     )?;
     clean_dir(work.as_fd())?;
+    if volatile {
+        mark_volatile(work.as_fd())?;
+    }
     Ok(work)
+}
+
+/// Creates `work/incompat/volatile/dirty` as the kernel does (modes 0700/0600 rather than the
+/// kernel's 0, so that an unprivileged owner can remove it). It stays after a clean unmount,
+/// as the kernel's does: only the user may declare the upper layer sound again.
+fn mark_volatile(work: BorrowedFd) -> io::Result<()> {
+    let mkdir = |dir: BorrowedFd, name: &str| -> io::Result<OwnedFd> {
+        let name = OsStr::new(name);
+        sys::mkdirat(dir, name, 0o700)?;
+        sys::openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+    };
+    let incompat = mkdir(work, INCOMPAT_SUBDIR)?;
+    let feature = mkdir(incompat.as_fd(), VOLATILE_FEATURE)?;
+    sys::openat(
+        feature.as_fd(),
+        OsStr::new("dirty"),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o600,
+    )?;
+    // The one sync of a volatile mount (the kernel does none): the mark is what tells a later
+    // mount not to trust the upper after a crash, so it must reach the disk before any data.
+    sys::fsync(incompat.as_fd(), false)?;
+    sys::fsync(work, false)
 }
 
 /// Removes everything inside the directory `dir`, depth first, never following symlinks.
@@ -601,4 +701,37 @@ impl Layers {
 /// Errors meaning "that path is not there (any more)".
 pub fn is_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FUSE driver's own check (the CLI checks first, but `open_stack` must not trust it):
+    /// a volatile mount marks the workdir, the mark refuses the next open, its removal does not.
+    #[test]
+    fn volatile_mark_refuses_next_open() {
+        let base =
+            std::env::temp_dir().join(format!("stratafs-layers-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for d in ["l", "u", "w", "m"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let mut opts = Options::new(vec![base.join("l")], base.join("m"));
+        opts.upperdir = Some(base.join("u"));
+        opts.workdir = Some(base.join("w"));
+        opts.volatile = true;
+        let mark = base.join("w/work/incompat/volatile");
+        drop(Layers::open_stack(&opts).unwrap());
+        assert!(mark.join("dirty").is_file());
+        let e = Layers::open_stack(&opts).err().unwrap();
+        assert_eq!(e.err.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(&mark.display().to_string()), "{e}");
+        opts.volatile = false;
+        assert!(Layers::open_stack(&opts).is_err());
+        std::fs::remove_dir_all(&mark).unwrap();
+        drop(Layers::open_stack(&opts).unwrap());
+        assert!(!base.join("w/work/incompat").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

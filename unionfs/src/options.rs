@@ -67,6 +67,9 @@ pub struct Options {
     /// Write whiteouts as zero-size files with the `overlay.whiteout` xattr (what the FUSE
     /// driver falls back to where a 0/0 device cannot be made).
     pub xwhiteouts: bool,
+    /// `volatile`, as the kernel's: no sync of the upper layer at all (copy-up, fsync,
+    /// O_SYNC); the workdir is marked so that no later mount trusts it (see `layers`).
+    pub volatile: bool,
 }
 
 impl Options {
@@ -91,6 +94,7 @@ impl Options {
             fsname: "stratafs".to_string(),
             driver: Driver::Auto,
             xwhiteouts: false,
+            volatile: false,
         }
     }
 

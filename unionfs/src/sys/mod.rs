@@ -288,11 +288,16 @@ fn timespec(t: Time) -> libc::timespec {
 
 /// utimensat on the file behind an fd (any kind, symlinks included).
 pub fn futimens_path(fd: BorrowedFd, atime: Time, mtime: Time) -> io::Result<()> {
+    let st = fstat(fd)?;
+    futimens_kind(fd, st.st_mode & libc::S_IFMT == libc::S_IFLNK, atime, mtime)
+}
+
+/// `futimens_path` for a caller that knows whether `fd` is a symlink (saves an fstat).
+pub fn futimens_kind(fd: BorrowedFd, symlink: bool, atime: Time, mtime: Time) -> io::Result<()> {
     let ts = [timespec(atime), timespec(mtime)];
     // AT_EMPTY_PATH works with utimensat only through the proc path for O_PATH fds; a symlink
     // held by O_PATH is reached through its proc link, which lutimes-like semantics apply to.
-    let st = fstat(fd)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+    if symlink {
         // The proc magic link would be followed to the link itself only with AT_SYMLINK_NOFOLLOW
         // unset; utimensat on a symlink via proc needs the fd-relative empty path form.
         cvt(unsafe {
