@@ -1070,6 +1070,7 @@ impl fuser::Filesystem for StrataFs {
             // Most of a large tree is forgotten: its cached listings go too, and the allocator
             // gives the freed memory back.
             self.listings.lock().clear();
+            self.layers.drop_lower_dirs();
             sys::malloc_trim();
         }
     }

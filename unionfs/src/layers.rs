@@ -229,6 +229,12 @@ impl Layers {
         sys::open_beneath(self.root(l), rel, libc::O_PATH | libc::O_DIRECTORY, 0).map(DirFd::Owned)
     }
 
+    /// Closes every kept lower directory (the kernel forgot most of the tree: its fds and
+    /// memory go back, as the nodes' do).
+    pub fn drop_lower_dirs(&self) {
+        self.lower_dirs.lock().clear();
+    }
+
     /// The directory `rel` of lower layer `l`, read and kept (`None`: no such directory).
     pub fn lower_dir(&self, l: LayerIdx, rel: &OsStr) -> io::Result<Option<Arc<LowerDir>>> {
         let key = (l, rel.to_os_string());
