@@ -1,6 +1,6 @@
 //! The filesystems compared. A target is named on the command line as `KIND` or `KIND+OPTS`,
 //! where OPTS are extra mount options for that kind, so variants need no code:
-//! `stratafs+threads=8`, `overlay+volatile`, `stratafs+nopassthrough` (once stratafs has it).
+//! `stratafs+threads=8`, `overlay+volatile`, `stratafs+nopassthrough`.
 
 use crate::guard::Mount;
 use crate::sys::{self, ctx, Result};
@@ -22,6 +22,8 @@ pub const DEFAULT_TARGETS: &[&str] = &[
     "dir",
     "overlay",
     "stratafs",
+    "stratafs-pt-all",
+    "stratafs-nopassthrough",
     "fuse-overlayfs",
     "unionfs-fuse",
 ];
@@ -29,6 +31,7 @@ pub const DEFAULT_TARGETS: &[&str] = &[
 /// Named variants: a short name for a kind with extra options (extend here).
 const ALIASES: &[(&str, &str)] = &[
     ("stratafs-nopassthrough", "stratafs+nopassthrough"),
+    ("stratafs-pt-all", "stratafs+passthrough=all"),
     ("stratafs-volatile", "stratafs+volatile"),
     ("overlay-volatile", "overlay+volatile"),
 ];

@@ -8,7 +8,7 @@
 //! `parse` is purely syntactic (no filesystem access) so it can be unit tested; `validate`
 //! checks the paths and canonicalizes them.
 
-use crate::options::{Driver, Options, XattrNamespace};
+use crate::options::{Driver, Options, Passthrough, XattrNamespace};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -191,6 +191,13 @@ Layer options:
                       stays after unmount: later mounts of that workdir (either driver)
                       refuse with EINVAL until it is removed; after a crash, discard the
                       upper layer instead
+  passthrough=off|upper|all
+                      FUSE driver as root: hand opened files to the kernel (FUSE
+                      passthrough), reads and writes then skip the daemon. upper
+                      (default): files in the upper layer, the kernel overlay's semantics
+                      exactly. all: lower files opened read-only too; while one is open
+                      that way, opening it for writing or truncating it fails with
+                      ETXTBSY. nopassthrough is passthrough=off
 
 Generic options (as passed by mount(8)):
   ro rw nodev dev nosuid suid noexec exec noatime atime relatime strictatime
@@ -485,6 +492,21 @@ fn apply_item(
             }
             return Ok(());
         }
+        b"passthrough" => {
+            opts.passthrough = match need_value()? {
+                b"off" => Passthrough::Off,
+                b"upper" => Passthrough::Upper,
+                b"all" => Passthrough::All,
+                _ => {
+                    return Err(CliError::BadValue {
+                        option: "passthrough".to_string(),
+                        value: value_str(),
+                        reason: "expected off, upper or all",
+                    })
+                }
+            };
+            return Ok(());
+        }
         b"driver" => {
             return match need_value()? {
                 b"fuse" => {
@@ -528,6 +550,7 @@ fn apply_item(
         b"userxattr" => Some(|o| o.xattr_ns = Some(XattrNamespace::User)),
         b"xwhiteouts" => Some(|o| o.xwhiteouts = true),
         b"volatile" => Some(|o| o.volatile = true),
+        b"nopassthrough" => Some(|o| o.passthrough = Passthrough::Off),
         // Accepted without effect: default_permissions is always on; the rest are either
         // meaningful only to mount(8)/fstab or not supported by FUSE mounts.
         b"default_permissions"
@@ -800,6 +823,19 @@ mod tests {
         assert_eq!(o.threads, 7);
         assert_eq!(o.driver, Driver::Fuse);
         assert_eq!(mount(&["-o", "lowerdir=/l", "/m"]).driver, Driver::Auto);
+        assert_eq!(
+            mount(&["-o", "lowerdir=/l", "/m"]).passthrough,
+            Passthrough::Upper
+        );
+        for (opt, want) in [
+            ("passthrough=off", Passthrough::Off),
+            ("nopassthrough", Passthrough::Off),
+            ("passthrough=upper", Passthrough::Upper),
+            ("passthrough=all", Passthrough::All),
+        ] {
+            let o = mount(&["-o", &format!("lowerdir=/l,{opt}"), "/m"]);
+            assert_eq!(o.passthrough, want, "{opt}");
+        }
         let o = mount(&["-o", "lowerdir=/l,driver=kernel,xwhiteouts", "/m"]);
         assert_eq!(o.driver, Driver::Kernel);
         assert!(o.xwhiteouts);

@@ -5,6 +5,7 @@ use crate::copy_up::{parent_of, CopyUp};
 use crate::inodes::{Inodes, NodeInfo, ROOT};
 use crate::layers::{is_dir, join, LayerIdx, Layers};
 use crate::options::Options;
+use crate::passthrough::{self, Open};
 use crate::readdir::{self, MergedEntry};
 use crate::sys;
 use crate::whiteout;
@@ -21,7 +22,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,8 @@ struct Handle {
     ino: u64,
     flags: i32,
     file: RwLock<(OwnedFd, LayerIdx)>,
+    /// Counted in `StrataFs::passthrough` (to be released there).
+    registered: AtomicBool,
 }
 
 /// An open directory of one layer, read with the layer's offsets.
@@ -84,6 +87,7 @@ pub struct StrataFs {
     /// Merged listings by directory node, with their generation; a warm `find` reuses them as
     /// the kernel's overlay reuses its cached listings.
     listings: Mutex<lru::LruCache<u64, (u64, Listing)>>,
+    passthrough: passthrough::Table,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -198,6 +202,7 @@ impl StrataFs {
             notifier: Arc::new(OnceLock::new()),
             generation: AtomicU64::new(0),
             listings: Mutex::new(lru::LruCache::new(LISTINGS)),
+            passthrough: passthrough::Table::new(opts.passthrough),
         })
     }
 
@@ -501,9 +506,35 @@ impl StrataFs {
                 ino,
                 flags,
                 file: RwLock::new((fd, layer)),
+                registered: AtomicBool::new(false),
             }),
         );
         fh
+    }
+
+    /// Registers `h` with the passthrough table (when passthrough is on): the backing file the
+    /// kernel is to serve it from, if any.
+    fn pass_through(
+        &self,
+        h: &Handle,
+        write: bool,
+        register: impl FnOnce(BorrowedFd) -> io::Result<fuser::BackingId>,
+    ) -> Res<Option<Arc<fuser::BackingId>>> {
+        if !self.passthrough.active() {
+            return Ok(None);
+        }
+        let g = h.file.read();
+        let st = sys::fstat(g.0.as_fd())?;
+        let open = Open {
+            ino: h.ino,
+            fd: g.0.as_fd(),
+            upper: self.layers.is_upper(g.1),
+            write,
+            st_mode: st.st_mode,
+        };
+        let backing = self.passthrough.open(&open, register)?;
+        h.registered.store(true, Ordering::Release);
+        Ok(backing)
     }
 
     fn handle(&self, fh: FileHandle) -> Res<Arc<Handle>> {
@@ -550,6 +581,9 @@ impl StrataFs {
     ) -> Res<FileAttr> {
         self.check_writable()?;
         let info = self.inodes.get(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
+        if size.is_some() {
+            self.passthrough.check_writable(ino)?;
+        }
         if !info.unlinked {
             let keep_data = size != Some(0);
             self.copy_up_with(ino, keep_data)?;
@@ -908,6 +942,7 @@ impl StrataFs {
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
             self.check_writable()?;
+            self.passthrough.check_writable(ino)?;
             let keep_data = flags & libc::O_TRUNC == 0;
             self.copy_up_with(ino, keep_data)?;
         }
@@ -1042,6 +1077,20 @@ impl fuser::Filesystem for StrataFs {
         // We clear set-id bits on write/truncate ourselves, by the caller's rights, as the
         // kernel's overlay does (the kernel's own FUSE rule keeps setgid without group-exec).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Backing files need CAP_SYS_ADMIN; stack depth 1 keeps layers on a plain filesystem
+        // (one on an overlay is refused and served by the daemon) and lets an overlay stack
+        // on this mount.
+        if self.passthrough.wanted()
+            && sys::mount::in_initial_userns()
+            && sys::mount::has_cap_sys_admin()
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+            log::info!("FUSE passthrough on");
+        }
         Ok(())
     }
 
@@ -1223,24 +1272,39 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let r = self.do_open(ino.0, flags.0).and_then(|fh| {
-            let h = self.handle(FileHandle(fh))?;
-            if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
-                self.with_fd(&h, |fd| kill_suidgid(req, fd))?;
+            let opened = (|| {
+                let h = self.handle(FileHandle(fh))?;
+                if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+                    self.with_fd(&h, |fd| kill_suidgid(req, fd))?;
+                }
+                // The file changes only through this node (a lower file never changes; an
+                // upper one with a single link, not written through passthrough meanwhile):
+                // the kernel may keep its pages from one open to the next.
+                let lower = !self.layers.is_upper(h.file.read().1);
+                let single = lower
+                    || (!self.passthrough.active()
+                        && self.with_fd(&h, sys::fstat).map(|st| st.st_nlink <= 1)?);
+                let flags = if single {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                let backing = self.pass_through(&h, write, |fd| reply.open_backing(fd))?;
+                Ok((flags, backing))
+            })();
+            if opened.is_err() {
+                self.files.write().remove(&fh);
             }
-            // The file changes only through this node (a lower file never changes; an upper
-            // one with a single link): the kernel may keep its pages from one open to the next.
-            let lower = !self.layers.is_upper(h.file.read().1);
-            let single = lower || self.with_fd(&h, sys::fstat).map(|st| st.st_nlink <= 1)?;
-            let flags = if single {
-                FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                FopenFlags::empty()
-            };
-            Ok((fh, flags))
+            opened.map(|(flags, backing)| (fh, flags, backing))
         });
         match r {
-            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            // The page cache is the backing file's: no FUSE caching flag applies.
+            Ok((fh, _, Some(b))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            Ok((fh, flags, None)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1331,7 +1395,10 @@ impl fuser::Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.write().remove(&fh.0);
+        let h = self.files.write().remove(&fh.0);
+        if let Some(h) = h.filter(|h| h.registered.load(Ordering::Acquire)) {
+            self.passthrough.release(h.ino);
+        }
         reply.ok();
     }
 
@@ -1595,6 +1662,11 @@ impl fuser::Filesystem for StrataFs {
         match self.create_entry(req, parent.0, name, NewKind::File { mode, flags }) {
             Ok((ino, a, Some(fd))) => {
                 let fh = self.add_file(ino, flags, fd, 0);
+                // The file exists now: where passthrough fails, the daemon serves it.
+                let backing = self
+                    .handle(FileHandle(fh))
+                    .and_then(|h| self.pass_through(&h, true, |fd| reply.open_backing(fd)))
+                    .unwrap_or(None);
                 reply.created_node(
                     INodeNo(ino),
                     &self.ttl,
@@ -1602,7 +1674,7 @@ impl fuser::Filesystem for StrataFs {
                     Generation(0),
                     FileHandle(fh),
                     FopenFlags::empty(),
-                    None,
+                    backing.as_deref(),
                 );
             }
             Ok((_, _, None)) => reply.error(Errno::EIO),

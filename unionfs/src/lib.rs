@@ -4,7 +4,7 @@
 //! Module map: `options` (what the user asked for), `cli` (parsing and validating the command
 //! line), `sys` (every raw syscall and `unsafe`), `layers` (the layer stack and path resolution
 //! inside a layer), `whiteout` (whiteout and opaque markers), `inodes` (FUSE inode table), `kernel_overlay` (the kernel driver),
-//! `readdir` (merged directory listings), `copy_up`, `fs` (the FUSE glue) and `mount` (mounting,
+//! `readdir` (merged directory listings), `copy_up`, `passthrough` (which opens the kernel serves itself), `fs` (the FUSE glue) and `mount` (mounting,
 //! daemonizing, unmounting).
 
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod kernel_overlay;
 pub mod layers;
 pub mod mount;
 pub mod options;
+pub mod passthrough;
 pub mod readdir;
 pub mod sys;
 pub mod whiteout;

@@ -29,6 +29,19 @@ pub enum Driver {
     Kernel,
 }
 
+/// Which opened files the FUSE driver hands to the kernel (FUSE passthrough: reads and writes
+/// go to the layer file without the daemon). Needs CAP_SYS_ADMIN; without it files are served
+/// by the daemon whatever the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    Off,
+    /// Files in the upper layer: exactly the kernel overlay's semantics.
+    Upper,
+    /// Also lower files opened read-only; while one is open, opening it for writing (or
+    /// truncating it) fails with ETXTBSY, as the reader could not see the copy.
+    All,
+}
+
 /// Everything needed to mount one stack.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -70,6 +83,7 @@ pub struct Options {
     /// `volatile`, as the kernel's: no sync of the upper layer at all (copy-up, fsync,
     /// O_SYNC); the workdir is marked so that no later mount trusts it (see `layers`).
     pub volatile: bool,
+    pub passthrough: Passthrough,
 }
 
 impl Options {
@@ -95,6 +109,7 @@ impl Options {
             driver: Driver::Auto,
             xwhiteouts: false,
             volatile: false,
+            passthrough: Passthrough::Upper,
         }
     }
 
