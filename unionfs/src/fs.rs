@@ -216,10 +216,12 @@ impl StrataFs {
         self.copy_up_with(ino, true)
     }
 
-    /// Copies node `ino` (and missing parents) up. A copy-up changes the merged order of the
-    /// directory listing the entry (the kernel's order puts upper entries apart), and a copied
-    /// directory's own listing and link count: the kernel's cached pages and attributes of those
-    /// directories are dropped (attributes and pages only, which no lock of ours guards).
+    /// Copies node `ino` (and missing parents) up. A copied directory's listing (the kernel's
+    /// merged order puts upper entries apart) and link count change: the kernel's cached pages
+    /// and attributes of those directories are dropped (attributes and pages only, which no
+    /// lock of ours guards). The directory above the topmost copy was in the upper layer
+    /// already: its listing is not cached by the kernel, and the copy-up restores its times, so
+    /// it keeps its attributes (saving the GETATTR that would follow every copy-up).
     fn copy_up_with(&self, ino: u64, data: bool) -> Res<()> {
         let copied = self
             .copy
@@ -230,11 +232,8 @@ impl StrataFs {
         if let (false, Some(n)) = (copied.is_empty(), self.notifier.get()) {
             let mut dirs: Vec<u64> = Vec::new();
             for &c in &copied {
-                if let Some(info) = self.inodes.get(c) {
-                    dirs.push(info.parent);
-                    if info.is_dir {
-                        dirs.push(c);
-                    }
+                if self.inodes.get(c).is_some_and(|info| info.is_dir) {
+                    dirs.push(c);
                 }
             }
             dirs.sort_unstable();
