@@ -53,7 +53,7 @@ impl Channel {
     pub(crate) fn sender(&self) -> ChannelSender {
         // Since write/writev syscalls are threadsafe, we can simply create
         // a sender by using the same file and use it in other threads.
-        ChannelSender(self.0.clone())
+        ChannelSender(self.0.clone(), None)
     }
 
     /// Clone the FUSE device fd using FUSE_DEV_IOC_CLONE ioctl.
@@ -80,10 +80,26 @@ impl Channel {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct ChannelSender(Arc<DevFuse>);
+pub(crate) struct ChannelSender(
+    Arc<DevFuse>,
+    /// strata patch: replies collected here instead of written (io_uring entries).
+    Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+);
 
 impl ChannelSender {
+    /// strata patch: a sender whose replies are collected in `capture`.
+    pub(crate) fn capturing(ch: &Channel, capture: Arc<std::sync::Mutex<Vec<u8>>>) -> Self {
+        ChannelSender(ch.0.clone(), Some(capture))
+    }
+
     pub(crate) fn send(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
+        if let Some(c) = &self.1 {
+            let mut c = c.lock().map_err(|_| io::Error::other("capture poisoned"))?;
+            for b in bufs {
+                c.extend_from_slice(b);
+            }
+            return Ok(());
+        }
         let rc = nix::sys::uio::writev(&self.0, bufs)?;
         // writev is atomic, so do not need to check how many bytes are written.
         // libfuse does not do it either

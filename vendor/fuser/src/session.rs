@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// strata patch: FUSE over io_uring was agreed at INIT; the payload buffer size.
+    pub(crate) uring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -185,6 +187,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: options.acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring_payload: None,
             config: options.clone(),
         };
 
@@ -213,6 +216,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring_payload: None,
             config,
         };
 
@@ -252,6 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring_payload,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +291,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let uring_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,7 +312,26 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // strata patch: queue threads of FUSE over io_uring, once INIT agreed on it.
+        let mut uring_threads = Vec::new();
+        if let Some(payload) = uring_payload {
+            let template = SessionEventLoop {
+                thread_name: String::new(),
+                filesystem: filesystem.clone(),
+                ch: uring_ch,
+                allowed,
+                session_owner,
+            };
+            match crate::uring::start(&template, payload) {
+                Ok(t) => uring_threads = t,
+                Err(e) => warn!("io_uring queues not started: {e}"),
+            }
+        }
+
         let mut reply: io::Result<()> = Ok(());
+        for thread in uring_threads {
+            let _ = thread.join();
+        }
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,
@@ -468,6 +493,14 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_readahead,
                 config.max_write
             );
+
+            // strata patch: FUSE over io_uring when asked for and offered.
+            let uring = InitFlags::from_bits_retain(crate::uring::FUSE_OVER_IO_URING);
+            if config.requested.contains(uring) && init.capabilities().contains(uring) {
+                let page = page_size::get();
+                let pages = ((config.max_write.max(config.max_readahead) as usize - 1) / page) + 1;
+                self.uring_payload = Some((config.max_write as usize).max(pages * page).max(8192));
+            }
 
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
