@@ -22,6 +22,7 @@ pub const DEFAULT_TARGETS: &[&str] = &[
     "dir",
     "overlay",
     "stratafs",
+    "stratafs-uring",
     "stratafs-pt-all",
     "stratafs-nopassthrough",
     "fuse-overlayfs",
@@ -32,6 +33,7 @@ pub const DEFAULT_TARGETS: &[&str] = &[
 const ALIASES: &[(&str, &str)] = &[
     ("stratafs-nopassthrough", "stratafs+nopassthrough"),
     ("stratafs-pt-all", "stratafs+passthrough=all"),
+    ("stratafs-uring", "stratafs+uring"),
     ("stratafs-volatile", "stratafs+volatile"),
     ("overlay-volatile", "overlay+volatile"),
 ];
@@ -155,6 +157,9 @@ impl Target {
             opts.insert(0, "driver=fuse".to_string());
         }
         opts.extend(self.extra.iter().cloned());
+        if self.kind == Kind::Stratafs && self.extra.iter().any(|o| o == "uring") {
+            enable_fuse_uring()?;
+        }
         let program = self.program.clone().unwrap_or_default();
         match self.kind {
             Kind::Dir => unreachable!(),
@@ -245,4 +250,18 @@ pub fn stratafs_bin() -> Option<PathBuf> {
     [dir.join("stratafs"), dir.parent()?.join("stratafs")]
         .into_iter()
         .find(|p| p.is_file())
+}
+
+/// FUSE over io_uring is offered by the kernel only with the fuse module's `enable_uring` set
+/// (Linux >= 6.14): a `uring` target sets it (root; it stays set, and changes nothing for
+/// mounts that do not ask for io_uring).
+fn enable_fuse_uring() -> Result<()> {
+    let p = Path::new("/sys/module/fuse/parameters/enable_uring");
+    match fs::read_to_string(p) {
+        Ok(v) if v.trim() == "Y" => Ok(()),
+        Ok(_) => ctx(p.display(), fs::write(p, "Y")),
+        Err(_) => {
+            Err("FUSE over io_uring needs Linux >= 6.14 (no fuse enable_uring parameter)".into())
+        }
+    }
 }

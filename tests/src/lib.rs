@@ -1897,6 +1897,13 @@ impl Side {
                 w.display()
             ));
         }
+        // Extra stratafs options for a whole run (E2E_STRATA_OPTS=uring: the io_uring transport).
+        if let Ok(extra) = std::env::var("E2E_STRATA_OPTS") {
+            if !extra.is_empty() {
+                opts.push(',');
+                opts.push_str(&extra);
+            }
+        }
         let log_path = self.set.join(format!("log{}", self.mounts));
         let log = fs::File::create(&log_path).expect("create daemon log");
         let status = Command::new(&bin)

@@ -198,6 +198,11 @@ Layer options:
                       exactly. all: lower files opened read-only too; while one is open
                       that way, opening it for writing or truncating it fails with
                       ETXTBSY. nopassthrough is passthrough=off
+  uring               FUSE driver: take requests through FUSE over io_uring, one queue per
+                      CPU answered on the caller's CPU (about twice as fast for metadata on
+                      a VM). Needs Linux >= 6.14 with the fuse module's enable_uring set
+                      (echo Y > /sys/module/fuse/parameters/enable_uring); /dev/fuse
+                      otherwise
 
 Generic options (as passed by mount(8)):
   ro rw nodev dev nosuid suid noexec exec noatime atime relatime strictatime
@@ -551,6 +556,7 @@ fn apply_item(
         b"xwhiteouts" => Some(|o| o.xwhiteouts = true),
         b"volatile" => Some(|o| o.volatile = true),
         b"nopassthrough" => Some(|o| o.passthrough = Passthrough::Off),
+        b"uring" => Some(|o| o.uring = true),
         // Accepted without effect: default_permissions is always on; the rest are either
         // meaningful only to mount(8)/fstab or not supported by FUSE mounts.
         b"default_permissions"

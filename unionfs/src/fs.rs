@@ -88,6 +88,7 @@ pub struct StrataFs {
     /// the kernel's overlay reuses its cached listings.
     listings: Mutex<lru::LruCache<u64, (u64, Listing)>>,
     passthrough: passthrough::Table,
+    uring: bool,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -203,6 +204,7 @@ impl StrataFs {
             generation: AtomicU64::new(0),
             listings: Mutex::new(lru::LruCache::new(LISTINGS)),
             passthrough: passthrough::Table::new(opts.passthrough),
+            uring: opts.uring,
         })
     }
 
@@ -1076,6 +1078,16 @@ impl fuser::Filesystem for StrataFs {
         // We clear set-id bits on write/truncate ourselves, by the caller's rights, as the
         // kernel's overlay does (the kernel's own FUSE rule keeps setgid without group-exec).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // FUSE over io_uring (offered when the fuse module's enable_uring is set): a queue per
+        // CPU, answered on the caller's CPU. Its buffers are max_write each: 1 MiB.
+        if self.uring
+            && config
+                .add_capabilities(fuser::InitFlags::from_bits_retain(1 << 41))
+                .is_ok()
+        {
+            let _ = config.set_max_write(1 << 20);
+            log::info!("FUSE over io_uring on");
+        }
         // Backing files need CAP_SYS_ADMIN; stack depth 1 keeps layers on a plain filesystem
         // (one on an overlay is refused and served by the daemon) and lets an overlay stack
         // on this mount.

@@ -84,6 +84,8 @@ pub struct Options {
     /// O_SYNC); the workdir is marked so that no later mount trusts it (see `layers`).
     pub volatile: bool,
     pub passthrough: Passthrough,
+    /// `uring`: serve requests through FUSE over io_uring where the kernel offers it.
+    pub uring: bool,
 }
 
 impl Options {
@@ -110,6 +112,7 @@ impl Options {
             xwhiteouts: false,
             volatile: false,
             passthrough: Passthrough::Upper,
+            uring: false,
         }
     }
 
