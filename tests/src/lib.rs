@@ -1642,6 +1642,15 @@ impl Layers {
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 
+/// Extra stratafs options for a whole run, with a leading comma (`E2E_STRATA_OPTS=uring`: the
+/// io_uring transport), or nothing.
+pub fn extra_strata_opts() -> String {
+    match std::env::var("E2E_STRATA_OPTS") {
+        Ok(extra) if !extra.is_empty() => format!(",{extra}"),
+        _ => String::new(),
+    }
+}
+
 /// Location of the stratafs binary: $STRATAFS_BIN, else target/debug/stratafs next to the
 /// test binary's deps directory.
 pub fn stratafs_bin() -> PathBuf {
@@ -1897,13 +1906,7 @@ impl Side {
                 w.display()
             ));
         }
-        // Extra stratafs options for a whole run (E2E_STRATA_OPTS=uring: the io_uring transport).
-        if let Ok(extra) = std::env::var("E2E_STRATA_OPTS") {
-            if !extra.is_empty() {
-                opts.push(',');
-                opts.push_str(&extra);
-            }
-        }
+        opts.push_str(&extra_strata_opts());
         let log_path = self.set.join(format!("log{}", self.mounts));
         let log = fs::File::create(&log_path).expect("create daemon log");
         let status = Command::new(&bin)

@@ -96,11 +96,12 @@ impl Mount {
 
     fn mount(&mut self) {
         let opts = format!(
-            "driver=fuse,lowerdir={}:{},upperdir={},workdir={}",
+            "driver=fuse,lowerdir={}:{},upperdir={},workdir={}{}",
             self.lowers[0].display(),
             self.lowers[1].display(),
             self.upper.display(),
-            self.work.display()
+            self.work.display(),
+            e2e::extra_strata_opts()
         );
         let log = fs::File::create(self.root.join("log")).unwrap();
         let st = Command::new(stratafs_bin())

@@ -136,10 +136,11 @@ impl Stack {
             .map(|p| p.display().to_string())
             .collect();
         let opts = format!(
-            "driver=fuse,lowerdir={},upperdir={},workdir={}",
+            "driver=fuse,lowerdir={},upperdir={},workdir={}{}",
             lowers.join(":"),
             self.upper.display(),
-            self.work.display()
+            self.work.display(),
+            e2e::extra_strata_opts()
         );
         self.mounts += 1;
         let log_path = self.root.join(format!("log{}", self.mounts));
@@ -191,7 +192,8 @@ impl Stack {
         let pid = self.pid.take().expect("daemon pid");
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
         wait_gone(pid);
-        // ENOTCONN; ECONNABORTED when the kernel aborted the connection with requests pending.
+        // ENOTCONN; ECONNABORTED when the kernel aborted the connection with requests pending;
+        // ECANCELED over io_uring (see is_dead).
         let r = lstat(self.mnt.join("x")).map(|_| ());
         assert!(
             matches!(r, Err(e) if is_dead(e)),
@@ -288,7 +290,9 @@ fn join_by<T>(h: std::thread::JoinHandle<T>, deadline: Instant, what: &str) -> T
 
 /// Errors a worker may see once the daemon is gone.
 fn is_dead(e: Errno) -> bool {
-    matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED)
+    // ECANCELED over io_uring: the rings keep /dev/fuse open until io_uring's exit work has run,
+    // and until then the kernel cancels requests instead of refusing them.
+    matches!(e, Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED)
 }
 
 /// After a kill: remount and check the work dir was emptied.
@@ -351,7 +355,7 @@ struct Stats {
     /// Kills that interrupted an operation (started, not acknowledged).
     inflight: usize,
     ops_done: usize,
-    /// Errors other than ENOTCONN/ECONNABORTED that workers got once the daemon was killed.
+    /// Errors other than a dead mount's (see is_dead) that workers got once the daemon was killed.
     late_errors: Vec<Errno>,
 }
 
@@ -871,7 +875,7 @@ struct Progress {
     inflight: Option<(String, Vec<State>)>,
     ops: usize,
     unexpected: Option<String>,
-    /// Errors other than ENOTCONN/ECONNABORTED seen after the kill.
+    /// Errors other than a dead mount's (see is_dead) seen after the kill.
     late_errors: Vec<Errno>,
 }
 
