@@ -131,11 +131,8 @@ impl LowerDir {
 
     /// Whether an OCI marker `.wh.NAME` hides `name` here.
     fn has_oci_whiteout(&self, name: &OsStr) -> bool {
-        let mut marker = Vec::with_capacity(whiteout::OCI_PREFIX.len() + name.len());
-        marker.extend_from_slice(whiteout::OCI_PREFIX);
-        marker.extend_from_slice(name.as_bytes());
         if self.names.is_some() {
-            return self.may_have(&marker);
+            return whiteout::oci_marker(name).is_some_and(|m| self.may_have(m.as_bytes()));
         }
         whiteout::has_oci_whiteout(self.fd(), name)
     }

@@ -74,16 +74,12 @@ impl Table {
 
     /// Whether opens are to be registered.
     pub fn active(&self) -> bool {
-        self.enabled()
-    }
-
-    fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
 
     /// ETXTBSY when `ino` has a lower file open through passthrough: it may not change.
     pub fn check_writable(&self, ino: u64) -> io::Result<()> {
-        if !self.enabled() {
+        if !self.active() {
             return Ok(());
         }
         let nodes = self.nodes.lock();
@@ -112,7 +108,7 @@ impl Table {
         o: &Open,
         register: impl FnOnce(BorrowedFd) -> io::Result<BackingId>,
     ) -> io::Result<Option<Arc<BackingId>>> {
-        if !self.enabled() {
+        if !self.active() {
             return Ok(None);
         }
         let mut nodes = self.nodes.lock();

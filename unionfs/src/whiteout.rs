@@ -3,10 +3,10 @@
 //! a `.wh..wh..opq` file) found in layers unpacked by image tools.
 
 use crate::sys;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &str = ".wh..wh..opq";
@@ -30,15 +30,17 @@ pub fn oci_hidden_name(name: &OsStr) -> Option<&OsStr> {
     Some(OsStr::from_bytes(&b[OCI_PREFIX.len()..]))
 }
 
-/// Whether `dir` holds an OCI whiteout `.wh.NAME` for `name`.
-pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> bool {
+/// The OCI whiteout `.wh.NAME` that would hide `name` (`None`: too long to exist).
+pub fn oci_marker(name: &OsStr) -> Option<OsString> {
     let mut marker = Vec::with_capacity(OCI_PREFIX.len() + name.len());
     marker.extend_from_slice(OCI_PREFIX);
     marker.extend_from_slice(name.as_bytes());
-    if marker.len() > 255 {
-        return false;
-    }
-    sys::fstatat(dir, OsStr::from_bytes(&marker)).is_ok()
+    (marker.len() <= 255).then(|| OsString::from_vec(marker))
+}
+
+/// Whether `dir` holds an OCI whiteout `.wh.NAME` for `name`.
+pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> bool {
+    oci_marker(name).is_some_and(|m| sys::fstatat(dir, &m).is_ok())
 }
 
 /// Whether the directory behind `fd` is opaque: the overlay xattr, or (in a lower layer) the OCI

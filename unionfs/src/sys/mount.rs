@@ -70,10 +70,7 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(nix_err)
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit: the filesystem holds one fd per open
-/// layer file.
-/// The soft RLIMIT_NOFILE.
-pub fn nofile_limit() -> io::Result<u64> {
+fn get_nofile() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -82,18 +79,18 @@ pub fn nofile_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur)
+    Ok(lim)
 }
 
+/// The soft RLIMIT_NOFILE.
+pub fn nofile_limit() -> io::Result<u64> {
+    Ok(get_nofile()?.rlim_cur)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: the filesystem holds one fd per open
+/// layer file.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the rlimit struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut lim = get_nofile()?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: setrlimit only reads the struct we pass.
