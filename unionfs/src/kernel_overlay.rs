@@ -158,16 +158,10 @@ pub fn choose(opts: &Options) -> Result<(Chosen, String), Refusal> {
     }
 }
 
-/// Escapes a path for the comma-separated overlay options of mount(2).
+/// Escapes a path for the comma-separated overlay options of mount(2): the same syntax as
+/// `-o`, so `cli::escape_path` owns it.
 fn escape(p: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in p.as_os_str().as_bytes() {
-        if matches!(b, b'\\' | b':' | b',') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out
+    std::os::unix::ffi::OsStringExt::into_vec(crate::cli::escape_path(p.as_os_str()))
 }
 
 fn attrs(opts: &Options) -> u64 {
