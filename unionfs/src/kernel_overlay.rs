@@ -293,19 +293,8 @@ fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
         data.extend_from_slice(b",volatile");
     }
     let data = String::from_utf8(data).map_err(|_| sys::err(libc::EINVAL))?;
-    let mut flags = nix::mount::MsFlags::empty();
-    let a = attrs(opts);
-    for (bit, f) in [
-        (msys::MOUNT_ATTR_RDONLY, nix::mount::MsFlags::MS_RDONLY),
-        (msys::MOUNT_ATTR_NOSUID, nix::mount::MsFlags::MS_NOSUID),
-        (msys::MOUNT_ATTR_NODEV, nix::mount::MsFlags::MS_NODEV),
-        (msys::MOUNT_ATTR_NOEXEC, nix::mount::MsFlags::MS_NOEXEC),
-        (msys::MOUNT_ATTR_NOATIME, nix::mount::MsFlags::MS_NOATIME),
-    ] {
-        if a & bit != 0 {
-            flags |= f;
-        }
-    }
+    // The same flags as the FUSE mount: one mapping from the options, in `mount`.
+    let flags = crate::mount::ms_flags(opts);
     msys::mount(&opts.fsname, &opts.mountpoint, "overlay", flags, &data)
 }
 

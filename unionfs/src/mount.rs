@@ -321,7 +321,8 @@ fn signal_thread(signals: &SigSet, our: &OurMount) {
     }
 }
 
-fn ms_flags(opts: &Options) -> MsFlags {
+/// The generic VFS flags of `opts` as mount(2) flags (for both drivers' mount(2) calls).
+pub(crate) fn ms_flags(opts: &Options) -> MsFlags {
     let mut flags = MsFlags::empty();
     for (on, flag) in [
         (!opts.writable(), MsFlags::MS_RDONLY),
