@@ -19,8 +19,10 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
+use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -199,26 +201,35 @@ fn force_remove(path: &Path) -> io::Result<()> {
     fs::remove_dir_all(path)
 }
 
-/// Escapes a path for a `lowerdir=`/`upperdir=` option (':' and '\' are special).
-fn escape(p: &Path) -> String {
-    let s = p.to_string_lossy();
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c == ':' || c == '\\' || c == ',' {
-            out.push('\\');
+/// Escapes a path for a `lowerdir=`/`upperdir=` option (':', ',' and '\\' are special), byte
+/// for byte so that a non-UTF-8 path survives. The owner of this syntax is stratafs's
+/// `cli::escape_path` (the runtime does not link the unionfs crate): keep the two alike.
+fn escape(p: &Path) -> OsString {
+    let mut out = Vec::with_capacity(p.as_os_str().len());
+    for &b in p.as_os_str().as_bytes() {
+        if matches!(b, b'\\' | b':' | b',') {
+            out.push(b'\\');
         }
-        out.push(c);
+        out.push(b);
     }
-    out
+    OsString::from_vec(out)
 }
 
 impl Workspace {
     /// The `lowerdir=...[,upperdir=...,workdir=...]` options.
-    pub fn overlay_options(&self) -> String {
-        let lower: Vec<String> = self.layers.iter().map(|l| escape(l)).collect();
-        let mut o = format!("lowerdir={}", lower.join(":"));
+    pub fn overlay_options(&self) -> OsString {
+        let mut o = OsString::from("lowerdir=");
+        for (i, l) in self.layers.iter().enumerate() {
+            if i > 0 {
+                o.push(":");
+            }
+            o.push(escape(l));
+        }
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
-            o.push_str(&format!(",upperdir={},workdir={}", escape(u), escape(w)));
+            o.push(",upperdir=");
+            o.push(escape(u));
+            o.push(",workdir=");
+            o.push(escape(w));
         }
         o
     }
@@ -228,7 +239,7 @@ impl Workspace {
 #[derive(Clone, Debug)]
 pub enum StackMount {
     /// mount -t overlay with these options.
-    Overlay { options: String },
+    Overlay { options: OsString },
     /// A read-only single layer: a bind mount of it.
     Bind { layer: PathBuf },
     /// stratafs already mounted it (before the namespaces were created).
@@ -240,13 +251,19 @@ impl StackMount {
     pub fn mount(&self, root: &Path) -> Result<(), nix::errno::Errno> {
         match self {
             StackMount::Overlay { options } => {
-                debug!("mount -t overlay -o {options} overlay {}", root.display());
-                sys::mount(
+                debug!(
+                    "mount -t overlay -o {} overlay {}",
+                    options.to_string_lossy(),
+                    root.display()
+                );
+                // nix's own mount: the options are bytes, which the runtime's `sys::mount`
+                // (str data) cannot carry.
+                nix::mount::mount(
                     Some(Path::new("overlay")),
                     root,
                     Some("overlay"),
                     MsFlags::empty(),
-                    Some(options.as_str()),
+                    Some(options.as_os_str()),
                 )
             }
             StackMount::Bind { layer } => sys::mount(
@@ -280,7 +297,7 @@ pub fn plan(cfg: &Config, ws: &Workspace, rootless: bool) -> StackMount {
         }
         let mut options = ws.overlay_options();
         if rootless {
-            options.push_str(",userxattr");
+            options.push(",userxattr");
         }
         StackMount::Overlay { options }
     };
@@ -375,10 +392,12 @@ impl FuseDaemon {
     pub fn start(ws: &Workspace) -> Result<FuseDaemon, StackError> {
         let bin = stratafs_bin().ok_or(StackError::NoStratafs)?;
         // driver=fuse: stratafs would otherwise mount the kernel's overlay where it can.
-        let opts = format!("{},driver=fuse", ws.overlay_options());
+        let mut opts = ws.overlay_options();
+        opts.push(",driver=fuse");
         info!(
-            "driver: FUSE: {} -f -o {opts} {}",
+            "driver: FUSE: {} -f -o {} {}",
             bin.display(),
+            opts.to_string_lossy(),
             ws.root.display()
         );
         let mut cmd = Command::new(&bin);
@@ -488,5 +507,17 @@ impl FuseDaemon {
         }
         debug!("driver: stratafs unmounted and ended");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn escape_keeps_non_utf8_bytes() {
+        let p = Path::new(OsStr::from_bytes(b"/l/a\xff:b,c\\d"));
+        assert_eq!(escape(p).as_bytes(), b"/l/a\xff\\:b\\,c\\\\d");
     }
 }

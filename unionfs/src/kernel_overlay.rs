@@ -158,16 +158,10 @@ pub fn choose(opts: &Options) -> Result<(Chosen, String), Refusal> {
     }
 }
 
-/// Escapes a path for the comma-separated overlay options of mount(2).
+/// Escapes a path for the comma-separated overlay options of mount(2): the same syntax as
+/// `-o`, so `cli::escape_path` owns it.
 fn escape(p: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in p.as_os_str().as_bytes() {
-        if matches!(b, b'\\' | b':' | b',') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out
+    std::os::unix::ffi::OsStringExt::into_vec(crate::cli::escape_path(p.as_os_str()))
 }
 
 fn attrs(opts: &Options) -> u64 {
@@ -190,25 +184,56 @@ fn attrs(opts: &Options) -> u64 {
     a
 }
 
-/// Mounts the stack with the kernel's overlay. The error text says what the kernel said.
-pub fn mount(opts: &Options, userxattr: bool) -> Result<(), String> {
+/// Why the kernel driver did not mount the stack. `Display` is one line.
+#[derive(Debug)]
+pub enum KernelError {
+    /// `driver=kernel` and the kernel cannot serve the stack here.
+    Refused(Refusal),
+    /// The kernel refused the mount, with what it logged through fsopen's channel.
+    Mount {
+        err: io::Error,
+        messages: Vec<String>,
+    },
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            KernelError::Refused(r) => write!(f, "driver=kernel: {r}"),
+            KernelError::Mount { err, messages } if messages.is_empty() => {
+                write!(f, "kernel overlay mount: {err}")
+            }
+            KernelError::Mount { err, messages } => {
+                write!(f, "kernel overlay mount: {err} ({})", messages.join("; "))
+            }
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+fn mount_failed(err: io::Error) -> KernelError {
+    KernelError::Mount {
+        err,
+        messages: vec![],
+    }
+}
+
+/// Mounts the stack with the kernel's overlay. The error says what the kernel said.
+pub fn mount(opts: &Options, userxattr: bool) -> Result<(), KernelError> {
     // Before 6.8 overlay has no `lowerdir+`, and before 6.5 no fs_context parser: fsconfig
     // would take any key and fail only at create. Pick by version, then by what the kernel says.
     if msys::kernel_version().is_some_and(|v| v < (6, 8)) {
-        return mount_old_api(opts, userxattr).map_err(|e| format!("kernel overlay mount: {e}"));
+        return mount_old_api(opts, userxattr).map_err(mount_failed);
     }
     match mount_new_api(opts, userxattr) {
         Ok(()) => Ok(()),
         // Kernels before 6.8 have no `lowerdir+` (before 5.2, no fsopen): one option string.
         Err(NewApi::Unsupported(e)) => {
             info!("kernel overlay: no lowerdir+ ({e}); using mount(2)");
-            mount_old_api(opts, userxattr).map_err(|e| format!("kernel overlay mount: {e}"))
+            mount_old_api(opts, userxattr).map_err(mount_failed)
         }
-        Err(NewApi::Failed(e, msgs)) => Err(if msgs.is_empty() {
-            format!("kernel overlay mount: {e}")
-        } else {
-            format!("kernel overlay mount: {e} ({})", msgs.join("; "))
-        }),
+        Err(NewApi::Failed(err, messages)) => Err(KernelError::Mount { err, messages }),
     }
 }
 
@@ -268,39 +293,36 @@ fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
         data.extend_from_slice(b",volatile");
     }
     let data = String::from_utf8(data).map_err(|_| sys::err(libc::EINVAL))?;
-    let mut flags = nix::mount::MsFlags::empty();
-    let a = attrs(opts);
-    for (bit, f) in [
-        (msys::MOUNT_ATTR_RDONLY, nix::mount::MsFlags::MS_RDONLY),
-        (msys::MOUNT_ATTR_NOSUID, nix::mount::MsFlags::MS_NOSUID),
-        (msys::MOUNT_ATTR_NODEV, nix::mount::MsFlags::MS_NODEV),
-        (msys::MOUNT_ATTR_NOEXEC, nix::mount::MsFlags::MS_NOEXEC),
-        (msys::MOUNT_ATTR_NOATIME, nix::mount::MsFlags::MS_NOATIME),
-    ] {
-        if a & bit != 0 {
-            flags |= f;
-        }
-    }
+    // The same flags as the FUSE mount: one mapping from the options, in `mount`.
+    let flags = crate::mount::ms_flags(opts);
     msys::mount(&opts.fsname, &opts.mountpoint, "overlay", flags, &data)
 }
 
+/// What `try_kernel` did with the stack.
+#[derive(Debug)]
+pub enum KernelMount {
+    /// The kernel's overlay mounted it: nothing is left to do.
+    Mounted,
+    /// The caller must serve it with FUSE, for this reason.
+    UseFuse { why: String },
+}
+
 /// Mounts `opts` with the driver `choose` picks; `auto` falls back to FUSE when the kernel
-/// refuses the mount. Returns `None` when the kernel driver did the mount, or `Some(why)` when
-/// the caller must serve it with FUSE.
-pub fn try_kernel(opts: &Options) -> Result<Option<String>, String> {
-    let (chosen, why) = choose(opts).map_err(|r| format!("driver=kernel: {r}"))?;
+/// refuses the mount.
+pub fn try_kernel(opts: &Options) -> Result<KernelMount, KernelError> {
+    let (chosen, why) = choose(opts).map_err(KernelError::Refused)?;
     match chosen {
         Chosen::Fuse => {
             info!("driver: fuse ({why})");
-            Ok(Some(why))
+            Ok(KernelMount::UseFuse { why })
         }
         Chosen::Kernel { userxattr } => {
             info!("driver: kernel ({why})");
             match mount(opts, userxattr) {
-                Ok(()) => Ok(None),
+                Ok(()) => Ok(KernelMount::Mounted),
                 Err(e) if opts.driver == Driver::Auto => {
                     info!("driver: fuse (the kernel refused: {e})");
-                    Ok(Some(e))
+                    Ok(KernelMount::UseFuse { why: e.to_string() })
                 }
                 Err(e) => Err(e),
             }

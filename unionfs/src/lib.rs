@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod copy_up;
+pub mod error;
 pub mod fs;
 pub mod inodes;
 pub mod kernel_overlay;

@@ -1,7 +1,9 @@
 //! `stratafs`: mount a union filesystem (see `stratafs --help`), or run `stratafs demo`.
 
 use std::io::Write;
-use unionfs::{cli, kernel_overlay, mount};
+use unionfs::error::Error;
+use unionfs::kernel_overlay::{self, KernelMount};
+use unionfs::{cli, mount};
 
 /// Writes a line to stdout, ignoring errors (a closed pipe must not turn into a panic).
 macro_rules! say {
@@ -13,16 +15,16 @@ macro_rules! say {
 fn main() {
     let code = match real_main() {
         Ok(()) => 0,
-        Err(msg) => {
-            eprintln!("stratafs: {msg}");
-            2
+        Err(e) => {
+            eprintln!("stratafs: {e}");
+            e.exit_code()
         }
     };
     std::process::exit(code);
 }
 
-fn real_main() -> Result<(), String> {
-    match cli::parse(std::env::args_os().skip(1)).map_err(|e| e.to_string())? {
+fn real_main() -> Result<(), Error> {
+    match cli::parse(std::env::args_os().skip(1))? {
         cli::Command::Help => {
             let _ = write!(std::io::stdout().lock(), "{}", cli::help_text());
             Ok(())
@@ -33,15 +35,15 @@ fn real_main() -> Result<(), String> {
         }
         cli::Command::Demo { verbose } => {
             init_logging(verbose, false);
-            demo::run(verbose)
+            demo::run(verbose).map_err(Error::Demo)
         }
         cli::Command::Mount(opts) => {
             init_logging(opts.verbose, opts.debug);
-            let opts = cli::validate(&opts).map_err(|e| e.to_string())?;
-            if kernel_overlay::try_kernel(&opts)?.is_none() {
-                return Ok(());
+            let opts = cli::validate(&opts)?;
+            match kernel_overlay::try_kernel(&opts)? {
+                KernelMount::Mounted => Ok(()),
+                KernelMount::UseFuse { .. } => Ok(mount::run(&opts)?),
             }
-            mount::run(&opts).map_err(|e| e.to_string())
         }
     }
 }

@@ -15,6 +15,7 @@
 
 use crate::cli::io_error_text;
 use crate::fs::StrataFs;
+use crate::layers::LayerError;
 use crate::options::Options;
 use crate::sys::mount as sys;
 use log::{debug, error, info, warn};
@@ -36,8 +37,8 @@ const FUSERMOUNT: &str = "fusermount3";
 /// Why a mount could not be started or served. `Display` is one line.
 #[derive(Debug)]
 pub enum MountError {
-    /// `StrataFs::new` refused the layers; its message names the problem.
-    Fs(io::Error),
+    /// `StrataFs::new` could not open a layer; the error names it.
+    Fs(LayerError),
     Device(io::Error),
     Mount {
         mountpoint: PathBuf,
@@ -55,10 +56,7 @@ pub enum MountError {
 impl fmt::Display for MountError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // A bare errno says nothing about which layer; a message from the fs names it.
-            MountError::Fs(err) if err.raw_os_error().is_some() => {
-                write!(f, "opening the layers: {}", io_error_text(err))
-            }
+            // one_line drops the " (os error N)" that the layer error's io text ends with.
             MountError::Fs(err) => write!(f, "{}", one_line(&err.to_string())),
             MountError::Device(err) => write!(f, "/dev/fuse: {}", io_error_text(err)),
             MountError::Mount { mountpoint, err } => {
@@ -323,7 +321,8 @@ fn signal_thread(signals: &SigSet, our: &OurMount) {
     }
 }
 
-fn ms_flags(opts: &Options) -> MsFlags {
+/// The generic VFS flags of `opts` as mount(2) flags (for both drivers' mount(2) calls).
+pub(crate) fn ms_flags(opts: &Options) -> MsFlags {
     let mut flags = MsFlags::empty();
     for (on, flag) in [
         (!opts.writable(), MsFlags::MS_RDONLY),

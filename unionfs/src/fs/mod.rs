@@ -102,8 +102,8 @@ fn errno(e: io::Error) -> Errno {
 
 impl StrataFs {
     /// Opens the layers named in `opts` and prepares the workdir. Errors name the problem.
-    pub fn new(opts: &Options) -> io::Result<StrataFs> {
-        let layers = Layers::open_stack(opts).map_err(|e| io::Error::other(e.to_string()))?;
+    pub fn new(opts: &Options) -> Result<StrataFs, crate::layers::LayerError> {
+        let layers = Layers::open_stack(opts)?;
         // Modes of new files come from the kernel already masked; ours must not mask them again.
         sys::umask(0);
         sys::single_arena();
