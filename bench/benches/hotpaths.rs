@@ -8,6 +8,9 @@
 //! Everything lives on a loop-mounted ext4 image under /var/tmp/strata-bench-criterion,
 //! removed at the end (also on Ctrl-C: the next iteration panics and the guards unwind).
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use bench::guard::{LoopFs, Mount, Scratch};
 use bench::stack::{self, Rng};
 use bench::sys;

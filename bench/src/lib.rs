@@ -3,11 +3,16 @@
 //! `bench/RESULTS.md`; `cargo bench -p bench` runs the criterion benchmarks of the hot paths.
 //! See bench/README.md.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod compare;
 pub mod guard;
 pub mod report;
 pub mod stack;
 pub mod startup;
+// The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod targets;
 pub mod workloads;

@@ -1,5 +1,8 @@
 //! `bench compare`: see bench/README.md.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use bench::compare::{self, Config};
 use bench::stack::Scale;
 use bench::targets::DEFAULT_TARGETS;

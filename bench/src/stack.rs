@@ -3,7 +3,7 @@
 //! of many entries merged from 3 layers, files to copy up, a tarball to unpack and a deep
 //! stack of 50 layers. The same seed always gives the same bytes.
 
-use crate::sys::{ctx, Result};
+use crate::sys::{self, ctx, Result};
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -192,17 +192,8 @@ pub fn whiteout(path: &Path) -> Result<()> {
 
 pub fn set_opaque(dir: &Path) -> Result<()> {
     let p = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let name = c"trusted.overlay.opaque";
-    // SAFETY: valid NUL-terminated strings and a 1-byte value.
-    let rc = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-    if rc != 0 {
-        return Err(format!(
-            "setxattr trusted.overlay.opaque on {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    sys::setxattr(&p, c"trusted.overlay.opaque", b"y")
+        .map_err(|e| format!("setxattr trusted.overlay.opaque on {}: {e}", dir.display()))
 }
 
 /// Builds the whole stack under `root` (on the loop-mounted image).

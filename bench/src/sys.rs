@@ -1,6 +1,6 @@
 //! Small system helpers: running commands, dropping caches, Ctrl-C, finding a FUSE daemon.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -277,4 +277,23 @@ pub fn mem_available_kib() -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// `setxattr(2)` on a path (following symlinks), with no flags.
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated C strings and `value` is a live slice whose
+    // pointer and length are passed together; the kernel only reads them during the call.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -12,6 +12,9 @@
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod cgroups;
 pub mod config;
 pub mod error;
@@ -20,6 +23,8 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod stack;
+// The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
+#[allow(unsafe_code)]
 pub mod sys;
 
 pub use config::Config;

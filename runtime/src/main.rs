@@ -1,5 +1,8 @@
 //! `strata`: the command line over the runtime library.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;

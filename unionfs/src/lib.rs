@@ -7,6 +7,9 @@
 //! `readdir` (merged directory listings), `copy_up`, `passthrough` (which opens the kernel serves itself), `fs` (the FUSE glue) and `mount` (mounting,
 //! daemonizing, unmounting).
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod cli;
 pub mod copy_up;
 pub mod error;
@@ -18,5 +21,7 @@ pub mod mount;
 pub mod options;
 pub mod passthrough;
 pub mod readdir;
+// The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod whiteout;

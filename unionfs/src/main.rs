@@ -1,5 +1,8 @@
 //! `stratafs`: mount a union filesystem (see `stratafs --help`), or run `stratafs demo`.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io::Write;
 use unionfs::error::Error;
 use unionfs::kernel_overlay::{self, KernelMount};

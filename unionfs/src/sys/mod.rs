@@ -75,6 +75,7 @@ pub fn open_beneath(dir: BorrowedFd, path: &OsStr, flags: i32, mode: u32) -> io:
 }
 
 fn openat2_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `open_how` is plain integers; all-zero is a valid value (and what the kernel expects for unused fields).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     // The kernel rejects a mode with O_PATH or without O_CREAT/O_TMPFILE.
@@ -114,11 +115,13 @@ pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> io::Resul
             mode as libc::c_uint,
         )
     })?;
+    // SAFETY: `openat` succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
     let c = cstr(name)?;
+    // SAFETY: `stat` is plain data; all-zero is a valid value.
     let mut st: Stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-pointer.
     cvt(unsafe {
@@ -133,6 +136,7 @@ pub fn fstatat(dir: BorrowedFd, name: &OsStr) -> io::Result<Stat> {
 }
 
 pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
+    // SAFETY: `stat` is plain data; all-zero is a valid value.
     let mut st: Stat = unsafe { std::mem::zeroed() };
     // SAFETY: AT_EMPTY_PATH with "" stats the fd itself, O_PATH fds included.
     cvt(unsafe {
@@ -148,12 +152,14 @@ pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
 
 pub fn mkdirat(dir: BorrowedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is a live fd.
     cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) })?;
     Ok(())
 }
 
 pub fn mknodat(dir: BorrowedFd, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is a live fd.
     cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) })?;
     Ok(())
 }
@@ -161,6 +167,7 @@ pub fn mknodat(dir: BorrowedFd, name: &OsStr, mode: u32, rdev: u64) -> io::Resul
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
     let t = cstr(target)?;
     let c = cstr(name)?;
+    // SAFETY: `t` and `c` are NUL-terminated strings that outlive the call; `dir` is a live fd.
     cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
     Ok(())
 }
@@ -168,6 +175,7 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> io::Result<()
 pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> io::Result<OsString> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which is live and that long.
     let n = cvt_ssize(unsafe {
         libc::readlinkat(
             dir.as_raw_fd(),
@@ -183,6 +191,7 @@ pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> io::Result<OsString> {
 pub fn unlinkat(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
     let c = cstr(name)?;
     let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is a live fd.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
     Ok(())
 }
@@ -200,6 +209,7 @@ pub fn renameat2(
 ) -> io::Result<()> {
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
+    // SAFETY: `o` and `n` are NUL-terminated strings that outlive the call; both dir fds are live.
     cvt(unsafe {
         libc::renameat2(
             olddir.as_raw_fd(),
@@ -220,6 +230,7 @@ pub fn linkat(
 ) -> io::Result<()> {
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
+    // SAFETY: `o` and `n` are NUL-terminated strings that outlive the call; both dir fds are live.
     cvt(unsafe {
         libc::linkat(
             olddir.as_raw_fd(),
@@ -242,6 +253,7 @@ fn proc_path(fd: BorrowedFd) -> CString {
 pub fn fchown(fd: BorrowedFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     let u = uid.unwrap_or(u32::MAX);
     let g = gid.unwrap_or(u32::MAX);
+    // SAFETY: `""` is NUL-terminated and, with AT_EMPTY_PATH, names the live fd itself.
     cvt(unsafe {
         libc::fchownat(
             fd.as_raw_fd(),
@@ -257,6 +269,7 @@ pub fn fchown(fd: BorrowedFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<
 /// chmod of the file behind an `O_PATH` fd (not valid for symlinks, whose mode is fixed).
 pub fn fchmod_path(fd: BorrowedFd, mode: u32) -> io::Result<()> {
     let p = proc_path(fd);
+    // SAFETY: `p` is a NUL-terminated path that outlives the call.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode) })?;
     Ok(())
 }
@@ -300,6 +313,7 @@ pub fn futimens_kind(fd: BorrowedFd, symlink: bool, atime: Time, mtime: Time) ->
     if symlink {
         // The proc magic link would be followed to the link itself only with AT_SYMLINK_NOFOLLOW
         // unset; utimensat on a symlink via proc needs the fd-relative empty path form.
+        // SAFETY: `ts` holds the two timespecs utimensat reads; the empty path is NUL-terminated.
         cvt(unsafe {
             libc::utimensat(
                 fd.as_raw_fd(),
@@ -310,6 +324,7 @@ pub fn futimens_kind(fd: BorrowedFd, symlink: bool, atime: Time, mtime: Time) ->
         })
         .or_else(|_| {
             let p = proc_path(fd);
+            // SAFETY: `p` is a NUL-terminated path and `ts` the two timespecs utimensat reads.
             cvt(unsafe {
                 libc::utimensat(
                     libc::AT_FDCWD,
@@ -322,16 +337,19 @@ pub fn futimens_kind(fd: BorrowedFd, symlink: bool, atime: Time, mtime: Time) ->
         return Ok(());
     }
     let p = proc_path(fd);
+    // SAFETY: `p` is a NUL-terminated path and `ts` the two timespecs utimensat reads.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) })?;
     Ok(())
 }
 
 pub fn ftruncate(fd: BorrowedFd, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a live fd; no memory is passed.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })?;
     Ok(())
 }
 
 pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which is live and that long.
     cvt_ssize(unsafe {
         libc::pread(
             fd.as_raw_fd(),
@@ -343,6 +361,7 @@ pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
 }
 
 pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`, which is live and that long.
     cvt_ssize(unsafe {
         libc::pwrite(
             fd.as_raw_fd(),
@@ -355,19 +374,23 @@ pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
 
 pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
     if datasync {
+        // SAFETY: plain syscall on a live fd; no memory is passed.
         cvt(unsafe { libc::fdatasync(fd.as_raw_fd()) })?;
     } else {
+        // SAFETY: plain syscall on a live fd; no memory is passed.
         cvt(unsafe { libc::fsync(fd.as_raw_fd()) })?;
     }
     Ok(())
 }
 
 pub fn fallocate(fd: BorrowedFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a live fd; no memory is passed.
     cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })?;
     Ok(())
 }
 
 pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a live fd; no memory is passed.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -377,7 +400,9 @@ pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
 }
 
 pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
+    // SAFETY: `statvfs` is plain data; all-zero is a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `s` is a valid out-pointer to a statvfs for the duration of the call.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
     Ok(s)
 }
@@ -385,6 +410,7 @@ pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
 /// Clones the extents of `src` into `dst` (same filesystem, reflink-capable).
 pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as an integer argument; no memory is passed.
     cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) })?;
     Ok(())
 }
@@ -397,6 +423,7 @@ pub fn copy_file_range(
 ) -> io::Result<usize> {
     let mut i = off_in as libc::loff_t;
     let mut o = off_in as libc::loff_t;
+    // SAFETY: `i` and `o` are valid out-pointers to offsets; both fds are live.
     cvt_ssize(unsafe {
         libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, len, 0)
     } as libc::ssize_t)
@@ -409,6 +436,7 @@ pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
     let n = cstr(name)?;
     let mut buf = vec![0u8; 256];
     loop {
+        // SAFETY: `p` and `n` are NUL-terminated; the kernel writes at most `buf.len()` bytes into `buf`.
         let r = unsafe {
             libc::getxattr(
                 p.as_ptr(),
@@ -423,6 +451,7 @@ pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 {
+            // SAFETY: a NULL buffer of size 0 only asks for the value's size; `p` and `n` are NUL-terminated.
             let want = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
             let want = if want > 0 {
                 want as usize
@@ -445,6 +474,7 @@ fn xattr_target(fd: BorrowedFd) -> CString {
 pub fn fsetxattr(fd: BorrowedFd, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = xattr_target(fd);
     let n = cstr(name)?;
+    // SAFETY: `p` and `n` are NUL-terminated; the kernel reads `value.len()` bytes from `value`.
     cvt(unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -460,6 +490,7 @@ pub fn fsetxattr(fd: BorrowedFd, name: &OsStr, value: &[u8], flags: i32) -> io::
 pub fn fremovexattr(fd: BorrowedFd, name: &OsStr) -> io::Result<()> {
     let p = xattr_target(fd);
     let n = cstr(name)?;
+    // SAFETY: `p` and `n` are NUL-terminated strings that outlive the call.
     cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) })?;
     Ok(())
 }
@@ -469,6 +500,7 @@ pub fn flistxattr(fd: BorrowedFd) -> io::Result<Vec<u8>> {
     let p = xattr_target(fd);
     let mut buf = vec![0u8; 1024];
     loop {
+        // SAFETY: `p` is NUL-terminated; the kernel writes at most `buf.len()` bytes into `buf`.
         let r = unsafe {
             libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
         };
@@ -509,6 +541,7 @@ pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<DirEntry>> {
     let res = loop {
         // SAFETY: readdir's errno protocol: reset errno, NULL with errno 0 is end of stream.
         unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dirp` is the open stream from fdopendir, not closed until after the loop.
         let ent = unsafe { libc::readdir64(dirp) };
         if ent.is_null() {
             let e = io::Error::last_os_error();
@@ -520,6 +553,7 @@ pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<DirEntry>> {
         }
         // SAFETY: readdir returned a valid entry that lives until the next call.
         let ent = unsafe { &*ent };
+        // SAFETY: the kernel NUL-terminates d_name, and `ent` is valid until the next readdir.
         let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
         if name == b"." || name == b".." {
             continue;
@@ -530,6 +564,7 @@ pub fn read_dir(fd: OwnedFd) -> io::Result<Vec<DirEntry>> {
             kind: ent.d_type,
         });
     };
+    // SAFETY: `dirp` is open and closed exactly once; it also closes the fd it took over.
     unsafe { libc::closedir(dirp) };
     res.map(|_| out)
 }
@@ -558,10 +593,12 @@ pub fn malloc_trim() {
 }
 
 pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail and touches no memory.
     unsafe { libc::umask(mask) }
 }
 
 pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() }
 }
 
@@ -640,6 +677,7 @@ pub fn open_by_handle(
             flags | libc::O_CLOEXEC,
         ) as libc::c_int
     })?;
+    // SAFETY: `open_by_handle_at` succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -253,6 +253,7 @@ pub fn fsopen(fstype: &str) -> io::Result<OwnedFd> {
     let t = cstring(fstype.as_bytes())?;
     // SAFETY: valid C string; FSOPEN_CLOEXEC = 1; the returned fd is ours.
     let fd = check(unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), 1 as libc::c_uint) })?;
+    // SAFETY: the syscall succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
@@ -337,6 +338,7 @@ pub fn fsmount_at(fs: &OwnedFd, attrs: u64, target: &Path) -> io::Result<()> {
             attrs as libc::c_uint,
         )
     })?;
+    // SAFETY: the syscall succeeded, so `m` is a new descriptor that nothing else owns.
     let m = unsafe { OwnedFd::from_raw_fd(m as RawFd) };
     let t = cstring(target.as_os_str().as_encoded_bytes())?;
     // SAFETY: MOVE_MOUNT_F_EMPTY_PATH = 4 moves the mount behind `m` to `t`.
@@ -363,11 +365,13 @@ pub fn in_initial_userns() -> bool {
 
 /// The running kernel's (major, minor) version.
 pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: `utsname` is plain data; all-zero is a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid out-pointer.
     if unsafe { libc::uname(&mut u) } != 0 {
         return None;
     }
+    // SAFETY: `release` is NUL-terminated: uname fills it, and the zeroed buffer ends in NUL anyway.
     let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
     let mut it = rel.split(|c: char| !c.is_ascii_digit());
     let major = it.next()?.parse().ok()?;
