@@ -60,7 +60,7 @@ impl fuser::Filesystem for StrataFs {
         // CPU, answered on the caller's CPU. Its buffers are max_write each: 1 MiB.
         if self.uring
             && config
-                .add_capabilities(fuser::InitFlags::from_bits_retain(1 << 41))
+                .add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
         {
             let _ = config.set_max_write(1 << 20);

@@ -495,7 +495,7 @@ impl<FS: Filesystem> Session<FS> {
             );
 
             // strata patch: FUSE over io_uring when asked for and offered.
-            let uring = InitFlags::from_bits_retain(crate::uring::FUSE_OVER_IO_URING);
+            let uring = InitFlags::FUSE_OVER_IO_URING;
             if config.requested.contains(uring) && init.capabilities().contains(uring) {
                 let page = page_size::get();
                 let pages = ((config.max_write.max(config.max_readahead) as usize - 1) / page) + 1;

@@ -20,9 +20,6 @@ use crate::request::RequestWithSender;
 use crate::session::SessionEventLoop;
 use crate::Filesystem;
 
-/// FUSE_OVER_IO_URING in the 64-bit INIT flags.
-pub(crate) const FUSE_OVER_IO_URING: u64 = 1 << 41;
-
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
 
