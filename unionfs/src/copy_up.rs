@@ -4,6 +4,7 @@
 //! a half-copied file.
 
 use crate::inodes::{Inodes, ROOT};
+use crate::layers::UPPER;
 use crate::layers::{is_dir, join, Layers};
 use crate::sys;
 use parking_lot::Mutex;
@@ -116,7 +117,7 @@ impl CopyUp {
             libc::O_PATH | libc::O_NOFOLLOW
         };
         let src = sys::openat(src_dir.fd(), &info.name, src_flags, 0)?;
-        let upper_dir = layers.dir(0, parent_rel)?;
+        let upper_dir = layers.dir(UPPER, parent_rel)?;
         let parent_st = sys::fstat(upper_dir.fd())?;
         let work = layers.work()?;
         let tmp = self.temp_name();
@@ -152,7 +153,7 @@ impl CopyUp {
         }
         // Adding an entry to the upper parent is not a change the user made to it.
         restore_times(upper_dir.fd(), &parent_st);
-        let mut new_layers = vec![0];
+        let mut new_layers = vec![UPPER];
         if is_dir(&st) {
             new_layers.extend(info.layers.iter().copied());
         }

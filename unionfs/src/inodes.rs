@@ -3,6 +3,7 @@
 //! node, (parent, name) to node id) is kept apart from the lookup counts the kernel drives.
 
 use crate::layers::LayerIdx;
+use crate::layers::UPPER;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -251,7 +252,7 @@ impl Inodes {
                 if e.info.is_dir == is_dir {
                     // A lookup that raced with a copy-up must not send the node back down: an
                     // entry never leaves the upper layer (index 0) while keeping its name.
-                    if !(e.info.layers.first() == Some(&0) && layers.first() != Some(&0)) {
+                    if !(e.info.layers.first() == Some(&UPPER) && layers.first() != Some(&UPPER)) {
                         e.info.layers = layers;
                         if ino_override.is_some() {
                             e.info.ino = ino_override;

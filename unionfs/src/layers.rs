@@ -21,6 +21,9 @@ use parking_lot::Mutex;
 /// Index of a layer in `Layers::layers`; the upper, when present, is 0.
 pub type LayerIdx = usize;
 
+/// The upper layer's index, in a stack that has one (`Layers::is_upper` tells).
+pub const UPPER: LayerIdx = 0;
+
 pub struct Layer {
     pub root: OwnedFd,
     pub path: PathBuf,
@@ -200,7 +203,7 @@ impl Layers {
     }
 
     pub fn is_upper(&self, l: LayerIdx) -> bool {
-        self.has_upper && l == 0
+        self.has_upper && l == UPPER
     }
 
     pub fn first_lower(&self) -> LayerIdx {
@@ -349,7 +352,7 @@ impl Layers {
         if !self.xwhiteouts() {
             return Ok(());
         }
-        for dir in [udir, self.root(0)] {
+        for dir in [udir, self.root(UPPER)] {
             match sys::fgetxattr(dir, &self.opaque_xattr()) {
                 Ok(v) if v == b"y" || v == b"x" => {}
                 _ => sys::fsetxattr(dir, &self.opaque_xattr(), b"x", 0)?,

@@ -4,6 +4,7 @@ use super::{kill_suidgid, Res, StrataFs};
 use crate::copy_up::parent_of;
 use crate::inodes::{NodeInfo, ROOT};
 use crate::layers::is_dir;
+use crate::layers::UPPER;
 use crate::sys;
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, Request, TimeOrNow};
 use std::os::fd::AsFd;
@@ -149,7 +150,7 @@ impl StrataFs {
                     let fd = if info.unlinked {
                         self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?
                     } else {
-                        self.layers.open(0, &path, libc::O_WRONLY)?
+                        self.layers.open(UPPER, &path, libc::O_WRONLY)?
                     };
                     sys::ftruncate(fd.as_fd(), size)?;
                 }
@@ -186,7 +187,7 @@ impl StrataFs {
     }
 
     pub(super) fn do_statfs(&self) -> Result<libc::statvfs, Errno> {
-        Ok(sys::fstatvfs(self.layers.root(0))?)
+        Ok(sys::fstatvfs(self.layers.root(UPPER))?)
     }
 
     pub(super) fn do_access(&self, mask: i32) -> Result<(), Errno> {

@@ -5,6 +5,7 @@ use super::attr::attr;
 use super::{Res, StrataFs};
 use crate::copy_up::parent_of;
 use crate::layers::is_dir;
+use crate::layers::UPPER;
 use crate::sys;
 use crate::whiteout;
 use fuser::{Errno, FileAttr, INodeNo, Request};
@@ -60,7 +61,7 @@ impl StrataFs {
             }
             self.copy_up(parent)?;
             let (ppath, _pinfo) = self.node(parent)?;
-            let udir = self.layers.dir(0, &ppath)?;
+            let udir = self.layers.dir(UPPER, &ppath)?;
             let over_whiteout = match sys::fstatat(udir.fd(), name) {
                 Ok(st) if self.layers.is_whiteout_at(udir.fd(), name, &st) => true,
                 Ok(_) => return Err(sys::err(libc::EEXIST)),
@@ -133,7 +134,9 @@ impl StrataFs {
                 return Err(e);
             }
             let st = sys::fstatat(udir.fd(), name)?;
-            let ino = self.inodes.insert(parent, name, vec![0], is_dir(&st), None);
+            let ino = self
+                .inodes
+                .insert(parent, name, vec![UPPER], is_dir(&st), None);
             Ok((ino, attr(&st, false), file))
         })
     }
@@ -156,8 +159,8 @@ impl StrataFs {
                 return Err(sys::err(libc::ENOENT));
             }
             let (nppath, _) = self.node(newparent)?;
-            let sdir = self.layers.dir(0, parent_of(&path))?;
-            let ddir = self.layers.dir(0, &nppath)?;
+            let sdir = self.layers.dir(UPPER, parent_of(&path))?;
+            let ddir = self.layers.dir(UPPER, &nppath)?;
             match sys::fstatat(ddir.fd(), newname) {
                 Ok(st) if self.layers.is_whiteout_at(ddir.fd(), newname, &st) => {
                     let work = self.layers.work()?;

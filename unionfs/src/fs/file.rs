@@ -4,6 +4,7 @@
 use super::entry::NewKind;
 use super::{kill_suidgid, Handle, Res, StrataFs};
 use crate::layers::LayerIdx;
+use crate::layers::UPPER;
 use crate::passthrough::Open;
 use crate::sys;
 use fuser::{Errno, FileAttr, FileHandle, FopenFlags, Request};
@@ -83,7 +84,7 @@ impl StrataFs {
         if !self.layers.is_upper(g.1) {
             if let Some((path, info)) = self.inodes.path(h.ino) {
                 if !info.unlinked && self.layers.is_upper(info.layers[0]) {
-                    let fd = self.layers.open(0, &path, self.open_flags(h.flags))?;
+                    let fd = self.layers.open(UPPER, &path, self.open_flags(h.flags))?;
                     *g = (fd, 0);
                 }
             }
@@ -160,7 +161,7 @@ impl StrataFs {
         let (ino, attr, fd) =
             self.create_entry(req, parent, name, NewKind::File { mode, flags })?;
         let fd = fd.ok_or(Errno::EIO)?;
-        let fh = self.add_file(ino, flags, fd, 0);
+        let fh = self.add_file(ino, flags, fd, UPPER);
         // The file exists now: where passthrough fails, the daemon serves it.
         let backing = self
             .handle(FileHandle(fh))

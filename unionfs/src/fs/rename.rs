@@ -2,6 +2,7 @@
 
 use super::{Res, StrataFs};
 use crate::layers::join;
+use crate::layers::UPPER;
 use crate::readdir;
 use crate::sys;
 use crate::whiteout;
@@ -30,7 +31,7 @@ impl StrataFs {
             }
             self.copy_up(parent)?;
             let (ppath, pinfo) = self.node(parent)?;
-            let udir = self.layers.dir(0, &ppath)?;
+            let udir = self.layers.dir(UPPER, &ppath)?;
             let lower_pos = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
             self.keep_orphan(parent, name);
             if self.layers.is_upper(found.layers[0]) {
@@ -134,7 +135,7 @@ impl StrataFs {
                             // filesystem refuses to replace a non-empty upper directory: the marker
                             // stays. Do the same, so the upper layers stay identical.
                             if pure_upper(d) && npinfo.layers.len() > 1 {
-                                let sdir = self.layers.dir(0, &ppath)?;
+                                let sdir = self.layers.dir(UPPER, &ppath)?;
                                 let fd = sys::openat(
                                     sdir.fd(),
                                     name,
@@ -176,8 +177,8 @@ impl StrataFs {
             }
             let (ppath, pinfo) = self.node(parent)?;
             let (nppath, npinfo) = self.node(newparent)?;
-            let sdir = self.layers.dir(0, &ppath)?;
-            let ddir = self.layers.dir(0, &nppath)?;
+            let sdir = self.layers.dir(UPPER, &ppath)?;
+            let ddir = self.layers.dir(UPPER, &nppath)?;
             let src_lower = self.layers.lower_positive(&ppath, &pinfo.layers, name)?;
             let dst_lower = self
                 .layers
