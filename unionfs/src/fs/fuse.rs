@@ -35,6 +35,11 @@ fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
 }
 
 impl StrataFs {
+    /// `reply_entry` for mknod/mkdir/symlink, whose entry's third part only CREATE uses.
+    fn reply_new_entry<T>(&self, reply: ReplyEntry, r: Result<(u64, FileAttr, T), Errno>) {
+        self.reply_entry(reply, r.map(|(i, a, _)| (i, a)));
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<(u64, FileAttr), Errno>) {
         match r {
             Ok((ino, a)) => reply.entry_node(
@@ -159,8 +164,7 @@ impl fuser::Filesystem for StrataFs {
             mode,
             rdev: rdev as u64,
         };
-        let r = self.create_entry(req, parent.0, name, kind);
-        self.reply_entry(reply, r.map(|(i, a, _)| (i, a)));
+        self.reply_new_entry(reply, self.create_entry(req, parent.0, name, kind));
     }
 
     fn mkdir(
@@ -173,7 +177,7 @@ impl fuser::Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         let r = self.create_entry(req, parent.0, name, NewKind::Dir { mode });
-        self.reply_entry(reply, r.map(|(i, a, _)| (i, a)));
+        self.reply_new_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -195,8 +199,7 @@ impl fuser::Filesystem for StrataFs {
         let kind = NewKind::Symlink {
             target: target.as_os_str(),
         };
-        let r = self.create_entry(req, parent.0, link_name, kind);
-        self.reply_entry(reply, r.map(|(i, a, _)| (i, a)));
+        self.reply_new_entry(reply, self.create_entry(req, parent.0, link_name, kind));
     }
 
     fn rename(

@@ -11,6 +11,14 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 impl StrataFs {
+    /// The node of `name` in `parent` as found by a lookup, made if the kernel never looked it up.
+    fn node_of(&self, parent: u64, name: &OsStr, f: &crate::layers::Found) -> u64 {
+        self.inodes.child(parent, name).unwrap_or_else(|| {
+            self.inodes
+                .insert(parent, name, f.layers.clone(), f.is_dir(), f.origin_ino)
+        })
+    }
+
     /// Removes `name` from `parent` (a directory if `dir`), leaving a whiteout where a lower
     /// layer has the name.
     pub(super) fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
@@ -152,28 +160,11 @@ impl StrataFs {
             } else if exchange {
                 return Err(sys::err(libc::ENOENT));
             }
-            let src_ino = self.inodes.child(parent, name).unwrap_or_else(|| {
-                self.inodes.insert(
-                    parent,
-                    name,
-                    src.layers.clone(),
-                    src.is_dir(),
-                    src.origin_ino,
-                )
-            });
+            let src_ino = self.node_of(parent, name, &src);
             self.copy_up(src_ino)?;
             self.copy_up(newparent)?;
             if let (Some(d), true) = (&dst, exchange) {
-                let i = self.inodes.child(newparent, newname).unwrap_or_else(|| {
-                    self.inodes.insert(
-                        newparent,
-                        newname,
-                        d.layers.clone(),
-                        d.is_dir(),
-                        d.origin_ino,
-                    )
-                });
-                self.copy_up(i)?;
+                self.copy_up(self.node_of(newparent, newname, d))?;
             }
             let (ppath, pinfo) = self.node(parent)?;
             let (nppath, npinfo) = self.node(newparent)?;
