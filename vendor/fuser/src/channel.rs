@@ -88,6 +88,7 @@ pub(crate) struct ChannelSender(
 
 impl ChannelSender {
     /// strata patch: a sender whose replies are collected in `capture`.
+    #[cfg(feature = "uring")]
     pub(crate) fn capturing(ch: &Channel, capture: Arc<std::sync::Mutex<Vec<u8>>>) -> Self {
         ChannelSender(ch.0.clone(), Some(capture))
     }

@@ -101,6 +101,7 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+#[cfg(feature = "uring")]
 mod uring;
 
 /// We generally support async reads

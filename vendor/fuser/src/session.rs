@@ -313,7 +313,11 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         // strata patch: queue threads of FUSE over io_uring, once INIT agreed on it.
-        let mut uring_threads = Vec::new();
+        #[cfg_attr(not(feature = "uring"), allow(unused_mut))]
+        let mut uring_threads: Vec<thread::JoinHandle<()>> = Vec::new();
+        #[cfg(not(feature = "uring"))]
+        let _ = (uring_payload, uring_ch);
+        #[cfg(feature = "uring")]
         if let Some(payload) = uring_payload {
             let template = SessionEventLoop {
                 thread_name: String::new(),
@@ -494,9 +498,12 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
-            // strata patch: FUSE over io_uring when asked for and offered.
+            // strata patch: FUSE over io_uring when asked for and offered (and built in: without
+            // the `uring` feature the flag is never granted, so the kernel keeps to /dev/fuse).
             let uring = InitFlags::FUSE_OVER_IO_URING;
-            if config.requested.contains(uring) && init.capabilities().contains(uring) {
+            if !cfg!(feature = "uring") {
+                config.requested.remove(uring);
+            } else if config.requested.contains(uring) && init.capabilities().contains(uring) {
                 let page = page_size::get();
                 let pages = ((config.max_write.max(config.max_readahead) as usize - 1) / page) + 1;
                 self.uring_payload = Some((config.max_write as usize).max(pages * page).max(8192));
