@@ -3,6 +3,7 @@
 //! Everything that can be checked before anything is created is checked here, so bad input
 //! fails with one line and exit status 2 and leaves nothing behind.
 
+use crate::capabilities::CapSet;
 use crate::error::ConfigError;
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
@@ -128,6 +129,8 @@ pub struct Config {
     pub net: Net,
     pub binds: Vec<Bind>,
     pub tmpfs: Vec<PathBuf>,
+    /// The capability bounding set of the command.
+    pub caps: CapSet,
     pub command: Vec<OsString>,
 }
 
@@ -152,6 +155,8 @@ pub struct RawArgs {
     pub net: String,
     pub binds: Vec<String>,
     pub tmpfs: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
     pub command: Vec<OsString>,
 }
 
@@ -312,6 +317,14 @@ impl Config {
             .iter()
             .map(|t| container_path("--tmpfs", t))
             .collect::<Result<Vec<_>, _>>()?;
+        let caps = CapSet::with_changes(&raw.cap_add, &raw.cap_drop).map_err(|name| {
+            let option = if raw.cap_add.contains(&name) {
+                "--cap-add"
+            } else {
+                "--cap-drop"
+            };
+            bad(option, &name, "unknown capability")
+        })?;
         if raw.command.is_empty() {
             return Err(ConfigError::Conflict(
                 "no command given (strata run [OPTIONS] -- CMD [ARGS...])".into(),
@@ -331,6 +344,7 @@ impl Config {
             net,
             binds,
             tmpfs,
+            caps,
             command: raw.command,
         })
     }

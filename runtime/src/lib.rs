@@ -4,6 +4,7 @@
 //!
 //! Modules, one per concept (model: youki):
 //! * [`config`]: the validated command line;
+//! * [`capabilities`]: the container's capability set (`--cap-add`, `--cap-drop`);
 //! * [`process`]: the process sequence (parent, intermediate, init, command), documented there;
 //! * [`namespaces`], [`idmap`]: the namespaces and the user namespace's uid/gid maps;
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
@@ -15,6 +16,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod capabilities;
 pub mod cgroups;
 pub mod config;
 pub mod error;

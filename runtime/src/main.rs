@@ -87,6 +87,12 @@ struct RunArgs {
     /// Mount a tmpfs at DST (repeatable)
     #[arg(long, value_name = "DST")]
     tmpfs: Vec<String>,
+    /// Add a capability to the container's set (Docker's names; ALL for every one)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability from the container's set (ALL for every one)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
     /// Print each step to stderr (-vv for more)
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -156,6 +162,8 @@ fn main() {
         net: a.net,
         binds: a.binds,
         tmpfs: a.tmpfs,
+        cap_add: a.cap_add,
+        cap_drop: a.cap_drop,
         command: a.command,
     };
     let code = match Config::from_args(raw)

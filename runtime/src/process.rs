@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  strata (parent, host namespaces)                 never forks once it has a second thread
-//!  │ 1. block SIGINT/SIGTERM/SIGHUP (a thread will forward them)
+//!  │ 1. block the forwarded signals (HUP INT QUIT USR1 USR2 ALRM TERM; a thread forwards them)
 //!  │ 2. create the cgroup and write the limits (cgroups), the state directory with the
 //!  │    temporary upper (stack::Workspace), choose the driver; FUSE: start `stratafs -f`
 //!  │    and wait for its mount
 //!  │ 3. fork ─────────────┐
 //!  │                      intermediate (host pid namespace)
-//!  │                      │ a. parent-death signal SIGKILL; join the cgroup (write 0 to
+//!  │                      │ a. parent-death signal SIGKILL; setsid (out of the caller's
+//!  │                      │    session and process group); join the cgroup (write 0 to
 //!  │                      │    cgroup.procs), so all that follows is born inside it
 //!  │                      │ b. rootless: unshare(CLONE_NEWUSER), say "U"; the parent writes
 //!  │  4. "U": write the   │    the uid/gid maps (newuidmap/newgidmap or the one-line maps)
@@ -22,15 +23,14 @@
 //!  │                      │ status            │
 //!  │                      │                   │ fork ────────────┐
 //!  │                      │                   │                  command (pid 2)
-//!  │                      │                   │                  │ default signals; capability
-//!  │                      │                   │                  │ bounding set reduced to
-//!  │                      │                   │                  │ Docker's; --user; chdir and
+//!  │                      │                   │                  │ setsid; default signals;
+//!  │                      │                   │                  │ capability bounding set
+//!  │                      │                   │                  │ reduced; --user; chdir and
 //!  │                      │                   │                  │ check the cwd is inside the
 //!  │                      │                   │                  │ root; no_new_privs; every fd
 //!  │                      │                   │                  │ above 2 close-on-exec; execve
-//!  │                      │                   │ reap zombies; forward SIGINT/SIGTERM/SIGHUP
-//!  │                      │                   │ sent by a process to the command (a terminal's
-//!  │                      │                   │ Ctrl-C reaches the command directly); exit with
+//!  │                      │                   │ reap zombies; forward the signals that the
+//!  │                      │                   │ parent forwards to the command; exit with
 //!  │                      │                   │ the command's status (128+N if killed by N),
 //!  │                      │                   │ which makes the kernel kill what is left
 //!  │  6. read messages until every copy of the channel is closed (the command's closes
@@ -70,29 +70,24 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-/// Capabilities left in the bounding set: Docker's default set.
-const DEFAULT_CAPS: &[u32] = &[
-    0,  // CHOWN
-    1,  // DAC_OVERRIDE
-    3,  // FOWNER
-    4,  // FSETID
-    5,  // KILL
-    6,  // SETGID
-    7,  // SETUID
-    8,  // SETPCAP
-    10, // NET_BIND_SERVICE
-    13, // NET_RAW
-    18, // SYS_CHROOT
-    27, // MKNOD
-    29, // AUDIT_WRITE
-    31, // SETFCAP
+/// The signals `strata` passes on to the container instead of dying of them (Docker's
+/// sig-proxy set less SIGPIPE, which a write of `strata` itself raises, and SIGWINCH, the
+/// terminal's). Blocked so that none of them ends `strata` before it has cleaned up.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGTERM,
 ];
 
 fn stop_signals() -> SigSet {
     let mut s = SigSet::empty();
-    s.add(Signal::SIGINT);
-    s.add(Signal::SIGTERM);
-    s.add(Signal::SIGHUP);
+    for sig in FORWARDED {
+        s.add(*sig);
+    }
     s
 }
 
@@ -370,15 +365,15 @@ fn human(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
-/// The parent's signal thread: forwards stop signals sent to `strata` by a process to the
-/// container's init (a terminal's Ctrl-C already reached the command through the process
-/// group). A signal that comes before init exists is kept and sent once it does.
+/// The parent's signal thread: forwards the signals `strata` gets (from a process or from
+/// its terminal: the container has its own session, so a Ctrl-C reaches only `strata`) to
+/// the container's init. A signal that comes before init exists is kept and sent once it does.
 fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32) {
     while let Ok(info) = sys::wait_signal(set) {
         let pid = init_pid.load(Ordering::SeqCst);
         if pid == 0 {
             pending.store(info.signal as i32, Ordering::SeqCst);
-        } else if pid > 0 && info.from_process {
+        } else if pid > 0 {
             debug!("forwarding {} to the container", info.signal);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), info.signal);
         }
@@ -390,6 +385,17 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
     if sys::set_parent_death_signal(Signal::SIGKILL).is_err() || nix::unistd::getppid() != c.parent
     {
         return error::EXIT_RUNTIME;
+    }
+    // Out of the caller's session and process group: nothing in the container can signal
+    // them (`kill -TERM 0`), and the caller's terminal cannot become its controlling tty.
+    if let Err(errno) = nix::unistd::setsid() {
+        return chan.fail(
+            error::EXIT_RUNTIME,
+            &ProcessError::Setup {
+                what: "starting a new session",
+                errno,
+            },
+        );
     }
     let origin = c.cgroup.map(Cgroup::origin).unwrap_or_default();
     if let Some(cg) = c.cgroup {
@@ -535,11 +541,15 @@ fn reap_until(cmd: Pid, set: &SigSet) -> i32 {
 fn exec_command(cfg: &Config) -> Error {
     let setup =
         |what: &'static str| move |errno| Error::Process(ProcessError::Setup { what, errno });
+    // A session of its own: `kill 0` inside reaches only the command's own group, not init.
+    if let Err(e) = nix::unistd::setsid() {
+        return setup("starting a new session")(e);
+    }
     if let Err(e) = sys::reset_signals() {
         return setup("resetting signals")(e);
     }
     for cap in 0..=sys::last_cap() {
-        if !DEFAULT_CAPS.contains(&cap) {
+        if !cfg.caps.contains(cap) {
             match sys::drop_bounding_cap(cap) {
                 Ok(()) | Err(Errno::EINVAL) => {}
                 Err(e) => return setup("reducing the capability bounding set")(e),

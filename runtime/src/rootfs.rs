@@ -3,7 +3,7 @@
 //!
 //! 1. `/` is made recursively private, so nothing propagates back to the host;
 //! 2. the layer stack is mounted on a private directory (kernel driver; the FUSE driver's
-//!    mount is already there), and what must come from the host later (bind sources, the
+//!    mount is already there) and made `nodev`, as is every mount under it but /dev, and what must come from the host later (bind sources, the
 //!    /dev nodes, the terminal) is taken now as detached mount trees (`open_tree`);
 //! 3. under the new root: `/proc` (a new instance), a minimal `/dev` (tmpfs with null, zero,
 //!    full, random, urandom, tty, console when stdin is a terminal, pts, shm and the
@@ -21,7 +21,7 @@
 use crate::config::Bind;
 use crate::error::RootfsError;
 use crate::stack::StackMount;
-use crate::sys;
+use crate::sys::{self, TreeAttrs};
 use log::{debug, info};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -211,10 +211,13 @@ fn take_host_trees(spec: &RootfsSpec) -> Result<HostTrees, RootfsError> {
     for b in spec.binds {
         let tree = sys::open_tree(&b.source, true)
             .map_err(|e| mount_err(format!("bind {}", b.source.display()), &b.target, e))?;
-        if b.read_only {
-            sys::set_tree_read_only(&tree)
-                .map_err(|e| mount_err("making a bind mount read-only", &b.target, e))?;
-        }
+        // nodev: a bind of the host's /dev (or of a disk image's nodes) opens no device.
+        let attrs = TreeAttrs {
+            read_only: b.read_only,
+            nodev: true,
+        };
+        sys::set_tree_attrs(&tree, attrs)
+            .map_err(|e| mount_err("setting a bind mount's flags", &b.target, e))?;
         binds.push((tree, b.source.is_dir()));
     }
     let mut dev = Vec::new();
@@ -237,7 +240,11 @@ fn take_host_trees(spec: &RootfsSpec) -> Result<HostTrees, RootfsError> {
     let sys_tree = if spec.rootless && !spec.net_none {
         let t = sys::open_tree(Path::new("/sys"), true)
             .map_err(|e| mount_err("bind", Path::new("/sys"), e))?;
-        sys::set_tree_read_only(&t)
+        let attrs = TreeAttrs {
+            read_only: true,
+            nodev: true,
+        };
+        sys::set_tree_attrs(&t, attrs)
             .map_err(|e| mount_err("read-only bind", Path::new("/sys"), e))?;
         Some(t)
     } else {
@@ -266,7 +273,21 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
     spec.stack
         .mount(spec.root)
         .map_err(|e| mount_err("mounting the layer stack", spec.root, e))?;
-    info!("rootfs: layer stack on {}", spec.root.display());
+    // No device node of a layer (or made later outside /dev) can be opened.
+    let root_fd = nix::fcntl::open(
+        spec.root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("opening", spec.root, e))?;
+    let nodev = TreeAttrs {
+        read_only: false,
+        nodev: true,
+    };
+    sys::set_tree_attrs(&root_fd, nodev)
+        .map_err(|e| mount_err("making the layer stack nodev", spec.root, e))?;
+    drop(root_fd);
+    info!("rootfs: layer stack on {} (nodev)", spec.root.display());
     let trees = take_host_trees(spec)?;
     // Everything is mounted under the new root before pivot_root: in a user namespace the
     // kernel lets proc and sysfs be mounted only while an instance is visible (the host's).

@@ -28,6 +28,7 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
@@ -377,10 +378,25 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Makes the (detached or attached) mount tree open as `tree` read-only, recursively.
-pub fn set_tree_read_only(tree: &OwnedFd) -> SysResult<()> {
+/// Attributes to add to every mount of a tree.
+#[derive(Clone, Copy, Default)]
+pub struct TreeAttrs {
+    pub read_only: bool,
+    pub nodev: bool,
+}
+
+/// Adds `attrs` to the (detached or attached) mount tree open as `tree` (a tree from
+/// [`open_tree`], or an O_PATH descriptor of a mount's root), recursively.
+pub fn set_tree_attrs(tree: &impl AsFd, attrs: TreeAttrs) -> SysResult<()> {
+    let mut attr_set = 0;
+    if attrs.read_only {
+        attr_set |= MOUNT_ATTR_RDONLY;
+    }
+    if attrs.nodev {
+        attr_set |= MOUNT_ATTR_NODEV;
+    }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -390,7 +406,7 @@ pub fn set_tree_read_only(tree: &OwnedFd) -> SysResult<()> {
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
+            tree.as_fd().as_raw_fd(),
             empty.as_ptr(),
             libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
             &attr as *const MountAttr,

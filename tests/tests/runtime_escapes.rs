@@ -1,0 +1,252 @@
+//! Escapes from a `strata run` container, each attempted from inside and refused (issue 11):
+//! signalling the caller's process group, typing into the caller's terminal (TIOCSTI), device
+//! nodes of host disks, capabilities beyond the set asked for. Each has a control that shows
+//! the attempt works where nothing stops it, so a test cannot pass by accident.
+//!
+//! Run as root on the host; the device cgroup's own tests need pure cgroup v2 and run in the VM
+//! (runtime_cgroup.rs).
+
+mod runtime_common;
+
+use runtime_common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn rootfs(name: &str) -> Rootfs {
+    assert_root();
+    Rootfs::new(name)
+}
+
+/// A static C program (the busybox rootfs has no libc), built once with the machine's gcc.
+fn static_helper(name: &str, source: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/strata-escape-helpers-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let (src, bin) = (dir.join(format!("{name}.c")), dir.join(name));
+    if !bin.exists() {
+        fs::write(&src, source).unwrap();
+        let out = Command::new("gcc")
+            .args(["-static", "-O", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .expect("gcc (and libc6-dev for -static) are needed to build the test helpers");
+        assert!(
+            out.status.success(),
+            "gcc -static {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+const TIOCSTI_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+/* Pushes "echo INJECTED" and a newline into the input of the terminal on fd 0. */
+int main(void) {
+    const char *s = "echo INJECTED\n";
+    for (const char *p = s; *p; p++) {
+        if (ioctl(0, TIOCSTI, p) < 0) {
+            printf("TIOCSTI: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+    printf("TIOCSTI: done\n");
+    return 0;
+}
+"#;
+
+fn tiocsti() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| static_helper("tiocsti", TIOCSTI_C))
+}
+
+/// `sh -c SCRIPT` with a terminal of its own (util-linux `script`), the way an interactive
+/// caller runs strata; returns what the terminal showed.
+fn on_a_terminal(r: &Rootfs, script: &str) -> String {
+    let child = Command::new("script")
+        .args(["-qec", script, "/dev/null"])
+        .env("STRATA_STATE_DIR", &r.state)
+        .env("STRATA", strata_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+fn layers(r: &Rootfs) -> String {
+    r.layer_args().join(" ")
+}
+
+#[test]
+fn kill_0_inside_reaches_only_the_container() {
+    let r = rootfs("kill0");
+    // The caller is a shell script; the container signals "its" process group.
+    let script = format!(
+        "{} run {} -- sh -c 'kill -TERM 0; sleep 5; echo not-killed'; echo \"strata: $?\"; echo caller-alive",
+        strata_bin().display(),
+        layers(&r)
+    );
+    // In a session of its own (util-linux setsid), so that a failure kills only the script.
+    let out = Command::new("setsid")
+        .args(["-w", "sh", "-c", &script])
+        .env("STRATA_STATE_DIR", &r.state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("strata: 143\n") && stdout.contains("caller-alive"),
+        "the caller's script must survive and see the command die of SIGTERM:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("not-killed"), "{stdout}");
+}
+
+#[test]
+fn the_command_leads_its_own_session() {
+    let r = rootfs("session");
+    // /proc/self/stat fields 5 and 6 (after the command name): process group and session.
+    let run = r.run(
+        &[],
+        &["sh", "-c", "cut -d' ' -f1,5,6 /proc/self/stat; echo $$"],
+    );
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    // `cut` is a child of the shell: same group and session as the shell, the leader.
+    assert_eq!(fields[1], lines[1], "process group: {}", run.stdout);
+    assert_eq!(fields[2], lines[1], "session: {}", run.stdout);
+}
+
+#[test]
+fn tiocsti_on_the_callers_terminal_is_refused() {
+    let r = rootfs("tiocsti");
+    let helper = tiocsti();
+    // Control: on the caller's own terminal, outside any container, the ioctl works.
+    let host = on_a_terminal(&r, &format!("{}; echo", helper.display()));
+    assert!(
+        host.contains("TIOCSTI: done"),
+        "control: TIOCSTI should work outside the container here:\n{host}"
+    );
+    let script = format!(
+        "$STRATA run {} --bind {}:/tiocsti:ro -- /tiocsti; echo \"strata: $?\"",
+        layers(&r),
+        helper.display()
+    );
+    let shown = on_a_terminal(&r, &script);
+    assert!(
+        shown.contains("TIOCSTI: Operation not permitted") && shown.contains("strata: 1"),
+        "the container typed into the caller's terminal:\n{shown}"
+    );
+    assert!(!shown.contains("INJECTED\nINJECTED"), "{shown}");
+}
+
+#[test]
+fn device_nodes_cannot_be_made_by_default() {
+    let r = rootfs("mknod");
+    // loop0 (7:0) stands for a host disk: its node must not be makeable, in / or in /dev.
+    for dir in ["/", "/dev/", "/tmp/"] {
+        let run = r.run(
+            &[],
+            &["sh", "-c", &format!("mknod {dir}disk b 7 0 2>&1; echo $?")],
+        );
+        run.ok();
+        assert!(
+            run.stdout.contains("Operation not permitted") && run.stdout.ends_with("1\n"),
+            "mknod in {dir}: {}",
+            run.stdout
+        );
+    }
+    let run = r.run(&[], &["sh", "-c", "grep CapBnd /proc/self/status"]);
+    let mask = u64::from_str_radix(run.stdout.trim().rsplit('\t').next().unwrap(), 16).unwrap();
+    assert_eq!(mask & (1 << 27), 0, "CAP_MKNOD in the bounding set");
+}
+
+#[test]
+fn device_nodes_of_a_layer_or_a_bind_do_not_open() {
+    let r = rootfs("nodev");
+    // A layer that carries a block device node (an image can).
+    let node = r.base.join("disk");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(7, 0),
+    )
+    .unwrap();
+    // Control: /dev/null is a device node that must keep working.
+    let run = r.run(
+        &["--bind", "/dev:/hostdev"],
+        &[
+            "sh",
+            "-c",
+            "head -c1 /disk 2>&1; echo \"disk $?\"; head -c1 /hostdev/loop0 2>&1; echo \"bind $?\"; echo x > /dev/null && echo null-ok",
+        ],
+    );
+    run.ok();
+    assert!(
+        run.stdout.contains("disk 1") && run.stdout.contains("bind 1"),
+        "a device node outside /dev opened:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("Permission denied").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("null-ok"), "{}", run.stdout);
+    let mounts = r.run(&[], &["cat", "/proc/self/mountinfo"]);
+    let root = mounts
+        .stdout
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no / in\n{}", mounts.stdout));
+    assert!(
+        root.split(' ').nth(5).unwrap_or("").contains("nodev"),
+        "{root}"
+    );
+}
+
+#[test]
+fn cap_add_and_cap_drop_as_docker() {
+    let r = rootfs("caps");
+    let bnd = |opts: &[&str]| -> u64 {
+        let run = r.run(opts, &["sh", "-c", "grep CapBnd /proc/self/status"]);
+        run.ok();
+        u64::from_str_radix(run.stdout.trim().rsplit('\t').next().unwrap(), 16).unwrap()
+    };
+    assert_eq!(bnd(&["--cap-drop", "ALL"]), 0);
+    assert_eq!(bnd(&["--cap-drop", "ALL", "--cap-add", "net_raw"]), 1 << 13);
+    let with = bnd(&["--cap-add", "CAP_MKNOD", "--cap-drop", "chown"]);
+    assert_ne!(with & (1 << 27), 0);
+    assert_eq!(with & 1, 0);
+    // With MKNOD, the node can be made on the layer stack, but it is nodev there.
+    let run = r.run(
+        &["--cap-add", "MKNOD"],
+        &[
+            "sh",
+            "-c",
+            "mknod /disk b 7 0 && head -c1 /disk 2>&1; echo $?",
+        ],
+    );
+    run.ok();
+    assert!(
+        run.stdout.contains("Permission denied"),
+        "a node made on the rootfs opened:\n{}",
+        run.stdout
+    );
+    let bad = r.run(&["--cap-add", "CAP_FLY"], &["true"]);
+    bad.expect(2);
+    assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
+    assert!(bad.stderr.contains("CAP_FLY"), "{}", bad.stderr);
+}
