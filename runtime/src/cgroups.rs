@@ -15,10 +15,15 @@
 //!
 //! The container's first process joins the cgroup itself (writes 0 to `cgroup.procs`) before it
 //! creates its cgroup namespace, so everything the container runs is born inside.
+//! As root the cgroup also carries the device allowlist ([`devices`]): an eBPF program on
+//! cgroup v2, the `devices` controller on v1 (a v1 host, or `--cgroup-v1-fallback`).
+//!
 //! [`Cgroup::destroy`] kills what is left (`cgroup.kill`) and removes the directory.
 
 use crate::config::Limits;
+use crate::devices;
 use crate::error::CgroupError;
+use crate::sys;
 use log::{debug, info};
 use std::fs;
 use std::io;
@@ -231,6 +236,10 @@ impl Cgroup {
             });
         }
         let (Some(mount), Some(base)) = (v2, base) else {
+            if root {
+                // A cgroup v1 host: the devices controller still gives the allowlist.
+                return Self::create_v1(id, limits).map(Some);
+            }
             info!("cgroup: none (no delegated cgroup v2 hierarchy); no limits were asked for");
             return Ok(None);
         };
@@ -252,11 +261,33 @@ impl Cgroup {
             removed: false,
         };
         info!("cgroup: {}", cg.path.display());
-        if let Err(e) = cg.write_v2_limits(limits) {
+        let limited = cg.write_v2_limits(limits).and_then(|()| {
+            // As root; a user's container has no device access beyond its user namespace's.
+            if root {
+                cg.attach_device_filter()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = limited {
             let _ = cg.destroy();
             return Err(e);
         }
         Ok(Some(cg))
+    }
+
+    /// The device allowlist as an eBPF program on the v2 cgroup.
+    fn attach_device_filter(&self) -> Result<(), CgroupError> {
+        let errno_err = |what: &str, e: nix::errno::Errno| {
+            io_err(what, &self.path, io::Error::from_raw_os_error(e as i32))
+        };
+        let prog = sys::load_device_program(&devices::program(devices::DEFAULT))
+            .map_err(|e| errno_err("loading the device filter (eBPF) for", e))?;
+        let dir = fs::File::open(&self.path).map_err(|e| io_err("opening", &self.path, e))?;
+        sys::attach_device_program(&dir, &prog)
+            .map_err(|e| errno_err("attaching the device filter (eBPF) to", e))?;
+        info!("cgroup: device filter attached (eBPF)");
+        Ok(())
     }
 
     fn write_v2_limits(&self, l: &Limits) -> Result<(), CgroupError> {
@@ -301,7 +332,12 @@ impl Cgroup {
             path: PathBuf::new(),
             removed: false,
         };
-        for (controller, option) in l.controllers() {
+        let mut wanted = l.controllers();
+        let devices = nix::unistd::geteuid().is_root();
+        if devices {
+            wanted.push(("devices", "the device allowlist"));
+        }
+        for (controller, option) in wanted {
             let v1name = if controller == "io" {
                 "blkio"
             } else {
@@ -311,6 +347,10 @@ impl Cgroup {
                 .iter()
                 .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == v1name))
             else {
+                if controller == "devices" {
+                    log::warn!("no device cgroup on this host: device nodes are kept out by nodev mounts and the lack of CAP_MKNOD only");
+                    continue;
+                }
                 return Err(CgroupError::ControllerUnavailable {
                     controller,
                     option,
@@ -349,6 +389,13 @@ impl Cgroup {
     }
 
     fn write_v1_limits(&self, l: &Limits) -> Result<(), CgroupError> {
+        if let Some(d) = self.v1_dir("devices") {
+            write(&d.join("devices.deny"), "a")?;
+            for rule in devices::DEFAULT {
+                write(&d.join("devices.allow"), &rule.v1_line())?;
+            }
+            info!("cgroup (v1 fallback): device allowlist");
+        }
         if let Some(d) = self.v1_dir("memory") {
             if let Some(m) = l.memory {
                 write(&d.join("memory.limit_in_bytes"), &m.to_string())?;

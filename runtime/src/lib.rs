@@ -10,6 +10,7 @@
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
 //! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
+//! * [`devices`]: the device allowlist (an eBPF program, or the v1 devices controller);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
@@ -19,6 +20,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod idmap;
 pub mod namespaces;

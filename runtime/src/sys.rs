@@ -440,6 +440,92 @@ pub fn mount_flags_of(path: &Path) -> SysResult<MsFlags> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// eBPF (the device cgroup)
+// ---------------------------------------------------------------------------------------------
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD (the kernel takes a shorter attr as long as
+/// what it leaves out is zero).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+/// Loads `insns` (encoded `struct bpf_insn`s) as a cgroup device program.
+pub fn load_device_program(insns: &[u64]) -> SysResult<OwnedFd> {
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..6].copy_from_slice(b"strata");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len()).map_err(|_| Errno::E2BIG)?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    // SAFETY: attr points to live instructions and a C string for the whole call; the size
+    // passed is the structure's.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    })?;
+    // SAFETY: a new descriptor returned by the kernel, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches the device program `prog` to the cgroup (v2) directory open as `cgroup`; the
+/// cgroup keeps it until the cgroup is removed. ALLOW_MULTI: programs of the cgroups above
+/// (systemd's) keep applying, as with runc.
+pub fn attach_device_program(cgroup: &impl AsFd, prog: &impl AsFd) -> SysResult<()> {
+    let attr = ProgAttachAttr {
+        target_fd: cgroup.as_fd().as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_fd().as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    // SAFETY: attr is a valid bpf_attr head of the size passed; both descriptors are open.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Network
 // ---------------------------------------------------------------------------------------------
 

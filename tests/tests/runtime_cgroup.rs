@@ -248,3 +248,27 @@ fn rootless_auto_driver_and_limits_without_delegation() {
     assert!(run.stderr.contains("not delegated"), "{}", run.stderr);
     assert!(Path::new(&r.state).read_dir().unwrap().next().is_none());
 }
+
+#[test]
+#[ignore = "needs pure cgroup v2: run tests/vm/cgroup-tests.sh"]
+fn device_filter_on_pure_cgroup_v2() {
+    let r = rootfs("devices");
+    // Without CAP_MKNOD nothing can be made.
+    let run = r.run(&[], &["sh", "-c", "mknod /dev/k c 1 11 2>&1; echo $?"]);
+    assert!(
+        run.ok().stdout.contains("Operation not permitted"),
+        "{}",
+        run.stdout
+    );
+    // With it, the eBPF allowlist decides; the VM's own /dev/kmsg is readable (control).
+    assert!(fs::File::open("/dev/kmsg").is_ok());
+    assert_device_allowlist(&r, &[]);
+    let run = r.run(&["-v", "--cap-add", "MKNOD"], &["true"]);
+    run.ok();
+    assert!(
+        run.stderr.contains("device filter attached (eBPF)"),
+        "{}",
+        run.stderr
+    );
+    assert_cgroup_gone(&run);
+}

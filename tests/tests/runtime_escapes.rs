@@ -250,3 +250,60 @@ fn cap_add_and_cap_drop_as_docker() {
     assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
     assert!(bad.stderr.contains("CAP_FLY"), "{}", bad.stderr);
 }
+
+/// A loop device over a file stands for a host disk: its data must be neither readable nor
+/// writable from a container that makes its node, through the eBPF filter (the hybrid host's
+/// unified hierarchy) or the cgroup v1 devices controller.
+#[test]
+fn a_host_disk_node_is_refused_by_the_device_cgroup() {
+    let r = rootfs("hostdisk");
+    let image = r.dir.join("disk.img");
+    let mut data = b"HOSTDATA".to_vec();
+    data.resize(1 << 20, 0);
+    fs::write(&image, &data).unwrap();
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&image)
+        .output()
+        .expect("losetup (util-linux)");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(loopdev.clone());
+    let minor: u32 = loopdev.trim_start_matches("/dev/loop").parse().unwrap();
+    // Control: the host reads it.
+    let host = fs::read(&loopdev).unwrap();
+    assert_eq!(&host[..8], b"HOSTDATA");
+    let script = format!(
+        "mknod /dev/disk b 7 {minor} || exit 9; head -c8 /dev/disk 2>&1; echo \" read $?\"; echo EVIL | dd of=/dev/disk conv=notrunc 2>&1; echo \"write $?\""
+    );
+    for opts in [&[][..], &["--cgroup-v1-fallback", "--pids", "100"][..]] {
+        let mut all = vec!["--cap-add", "MKNOD"];
+        all.extend_from_slice(opts);
+        let run = r.run(&all, &["sh", "-c", &script]);
+        run.ok();
+        assert!(
+            !run.stdout.contains("HOSTDATA") && run.stdout.contains(" read 1"),
+            "{opts:?}: the container read the host disk:\n{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains("write 1")
+                && run.stdout.matches("Operation not permitted").count() == 2,
+            "{opts:?}: {}",
+            run.stdout
+        );
+        assert_device_allowlist(&r, opts);
+    }
+    let after = fs::read(&image).unwrap();
+    assert_eq!(&after[..8], b"HOSTDATA", "the host disk was written");
+}

@@ -307,3 +307,28 @@ pub fn assert_stratafs() {
         p.display()
     );
 }
+
+/// With CAP_MKNOD given back (`--cap-add MKNOD`), nodes can be made in /dev, but only the
+/// allowlisted ones open: /dev/kmsg (c 1:11, the host's kernel log) is refused, a second
+/// /dev/null (c 1:3) works. Returns the container's output for more checks.
+pub fn assert_device_allowlist(r: &Rootfs, opts: &[&str]) -> String {
+    let mut all = vec!["--cap-add", "MKNOD"];
+    all.extend_from_slice(opts);
+    let run = r.run(
+        &all,
+        &[
+            "sh",
+            "-c",
+            "mknod /dev/k c 1 11 && head -c1 /dev/k 2>&1; echo \"kmsg $?\"; mknod /dev/n c 1 3 && echo x > /dev/n && echo null-ok",
+        ],
+    );
+    run.ok();
+    assert!(
+        run.stdout.contains("/dev/k: Operation not permitted") && run.stdout.contains("kmsg 1"),
+        "a node outside the allowlist opened ({opts:?}):\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("null-ok"), "{}", run.stdout);
+    run.stdout.clone()
+}
