@@ -4,11 +4,16 @@
 use super::CliError;
 use crate::options::{Driver, Options, Passthrough, XattrNamespace};
 use std::ffi::{OsStr, OsString};
+use std::ops::RangeInclusive;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 /// Largest accepted `threads=N`; more would only waste memory (one 16 MiB buffer per thread).
 const MAX_THREADS: usize = 256;
+
+/// Largest accepted `timeout=SECS`: a year.
+const MAX_TIMEOUT_SECS: u64 = 365 * 86400;
 
 /// Splits on unescaped `sep` and removes the escapes (a backslash quotes any byte).
 fn split_unescape(value: &[u8], sep: Option<u8>) -> Vec<Vec<u8>> {
@@ -40,6 +45,24 @@ fn path_value(option: &'static str, value: &[u8]) -> Result<PathBuf, CliError> {
         });
     }
     Ok(PathBuf::from(OsString::from_vec(path)))
+}
+
+/// The value of a numeric option, if it parses and lies in `range`; a missing value
+/// (`threads`) fails the same way as a bad one.
+fn number<T: FromStr + PartialOrd>(
+    option: &str,
+    value: String,
+    range: RangeInclusive<T>,
+    reason: &'static str,
+) -> Result<T, CliError> {
+    match value.parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(CliError::BadValue {
+            option: option.to_string(),
+            value,
+            reason,
+        }),
+    }
 }
 
 pub(super) fn apply_item(
@@ -97,31 +120,13 @@ pub(super) fn apply_item(
             return Ok(());
         }
         b"threads" => {
-            let n = value_str();
-            match n.parse::<usize>() {
-                Ok(n) if (1..=MAX_THREADS).contains(&n) => opts.threads = n,
-                _ => {
-                    return Err(CliError::BadValue {
-                        option: "threads".to_string(),
-                        value: n,
-                        reason: "expected a number from 1 to 256",
-                    })
-                }
-            }
+            let reason = "expected a number from 1 to 256";
+            opts.threads = number("threads", value_str(), 1..=MAX_THREADS, reason)?;
             return Ok(());
         }
         b"timeout" => {
-            let n = value_str();
-            match n.parse::<u64>() {
-                Ok(n) if n <= 365 * 86400 => opts.timeout_secs = n,
-                _ => {
-                    return Err(CliError::BadValue {
-                        option: "timeout".to_string(),
-                        value: n,
-                        reason: "expected seconds from 0 to 31536000",
-                    })
-                }
-            }
+            let reason = "expected seconds from 0 to 31536000";
+            opts.timeout_secs = number("timeout", value_str(), 0..=MAX_TIMEOUT_SECS, reason)?;
             return Ok(());
         }
         b"passthrough" => {

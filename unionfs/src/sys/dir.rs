@@ -63,19 +63,7 @@ pub fn renameat2(
     newname: &OsStr,
     flags: u32,
 ) -> io::Result<()> {
-    let o = cstr(oldname)?;
-    let n = cstr(newname)?;
-    // SAFETY: `o` and `n` are NUL-terminated strings that outlive the call; both dir fds are live.
-    cvt(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            o.as_ptr(),
-            newdir.as_raw_fd(),
-            n.as_ptr(),
-            flags,
-        )
-    })?;
-    Ok(())
+    from_to((olddir, oldname), (newdir, newname), FromTo::Rename(flags))
 }
 
 pub fn linkat(
@@ -84,17 +72,25 @@ pub fn linkat(
     newdir: BorrowedFd,
     newname: &OsStr,
 ) -> io::Result<()> {
-    let o = cstr(oldname)?;
-    let n = cstr(newname)?;
+    from_to((olddir, oldname), (newdir, newname), FromTo::Link)
+}
+
+/// The syscalls that take an old and a new name, each relative to its own directory fd.
+enum FromTo {
+    Rename(u32),
+    Link,
+}
+
+fn from_to(old: (BorrowedFd, &OsStr), new: (BorrowedFd, &OsStr), call: FromTo) -> io::Result<()> {
+    let o = cstr(old.1)?;
+    let n = cstr(new.1)?;
+    let (od, nd) = (old.0.as_raw_fd(), new.0.as_raw_fd());
     // SAFETY: `o` and `n` are NUL-terminated strings that outlive the call; both dir fds are live.
     cvt(unsafe {
-        libc::linkat(
-            olddir.as_raw_fd(),
-            o.as_ptr(),
-            newdir.as_raw_fd(),
-            n.as_ptr(),
-            0,
-        )
+        match call {
+            FromTo::Rename(flags) => libc::renameat2(od, o.as_ptr(), nd, n.as_ptr(), flags),
+            FromTo::Link => libc::linkat(od, o.as_ptr(), nd, n.as_ptr(), 0),
+        }
     })?;
     Ok(())
 }
