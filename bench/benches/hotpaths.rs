@@ -126,6 +126,50 @@ fn file(path: &Path, len: usize, rng: &mut Rng) {
     }
 }
 
+/// Which half of `small_files` is timed.
+#[derive(Clone, Copy)]
+enum Phase {
+    Create,
+    Remove,
+}
+
+/// Creates `iters` files of 100 bytes in `dir`, then removes them; returns the time `timed` took.
+fn small_files(dir: &Path, iters: u64, timed: Phase) -> Duration {
+    let names: Vec<PathBuf> = (0..iters).map(|i| dir.join(format!("n{i}"))).collect();
+    check();
+    let start = Instant::now();
+    for p in &names {
+        let mut f = fs::File::create_new(p).unwrap();
+        f.write_all(&[0x42; 100]).unwrap();
+    }
+    let created = start.elapsed();
+    let start = Instant::now();
+    for p in &names {
+        fs::remove_file(p).unwrap();
+    }
+    let removed = start.elapsed();
+    match timed {
+        Phase::Create => created,
+        Phase::Remove => removed,
+    }
+}
+
+/// Times `iters` first writes of 4 KiB (each a copy-up) to the lower files `next` names; `next`
+/// runs untimed and may remount.
+fn copy_ups(iters: u64, mut next: impl FnMut() -> PathBuf) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        check();
+        let p = next();
+        let start = Instant::now();
+        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[0x5a; 4096], 0).unwrap();
+        drop(f);
+        total += start.elapsed();
+    }
+    total
+}
+
 /// The layers: a deep stack (the file looked up is in its bottom layer; every layer has the
 /// directory), and a 3-layer stack with the 10k-entry directory and the files to read and copy up.
 fn build(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
@@ -252,54 +296,18 @@ fn main() {
         group.finish();
     }
 
-    {
-        let mut group = c.benchmark_group("create_write_close_small");
+    // The same small files, created (each write and close timed) or removed (only the unlinks
+    // timed).
+    for (name, subdir, timed) in [
+        ("create_write_close_small", "created", Phase::Create),
+        ("unlink_small", "unlinked", Phase::Remove),
+    ] {
+        let mut group = c.benchmark_group(name);
         for m in &mounted {
-            let dir = m.root().join("created");
+            let dir = m.root().join(subdir);
             fs::create_dir_all(&dir).unwrap();
             group.bench_function(&m.target.label, |b| {
-                b.iter_custom(|iters| {
-                    let names: Vec<PathBuf> =
-                        (0..iters).map(|i| dir.join(format!("n{i}"))).collect();
-                    check();
-                    let start = Instant::now();
-                    for p in &names {
-                        let mut f = fs::File::create_new(p).unwrap();
-                        f.write_all(&[0x42; 100]).unwrap();
-                    }
-                    let t = start.elapsed();
-                    for p in &names {
-                        fs::remove_file(p).unwrap();
-                    }
-                    t
-                })
-            });
-        }
-        group.finish();
-    }
-
-    {
-        let mut group = c.benchmark_group("unlink_small");
-        for m in &mounted {
-            let dir = m.root().join("unlinked");
-            fs::create_dir_all(&dir).unwrap();
-            group.bench_function(&m.target.label, |b| {
-                b.iter_custom(|iters| {
-                    let names: Vec<PathBuf> =
-                        (0..iters).map(|i| dir.join(format!("n{i}"))).collect();
-                    check();
-                    for p in &names {
-                        fs::File::create_new(p)
-                            .unwrap()
-                            .write_all(&[0x42; 100])
-                            .unwrap();
-                    }
-                    let start = Instant::now();
-                    for p in &names {
-                        fs::remove_file(p).unwrap();
-                    }
-                    start.elapsed()
-                })
+                b.iter_custom(|iters| small_files(&dir, iters, timed))
             });
         }
         group.finish();
@@ -314,22 +322,15 @@ fn main() {
             let mut next = 0usize;
             group.bench_function(&label, |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        check();
+                    copy_ups(iters, || {
                         if next == COPYUP_SMALL_FILES {
                             m.remount();
                             next = 0;
                         }
                         let p = m.root().join(format!("cu/c{next:05}"));
                         next += 1;
-                        let start = Instant::now();
-                        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
-                        f.write_all_at(&[0x5a; 4096], 0).unwrap();
-                        drop(f);
-                        total += start.elapsed();
-                    }
-                    total
+                        p
+                    })
                 })
             });
         }
@@ -348,18 +349,10 @@ fn main() {
             let label = m.target.label.clone();
             group.bench_function(&label, |b| {
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        check();
+                    copy_ups(iters, || {
                         m.remount();
-                        let p = m.root().join(stack::COPYUP_FILE);
-                        let start = Instant::now();
-                        let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
-                        f.write_all_at(&[0x5a; 4096], 0).unwrap();
-                        drop(f);
-                        total += start.elapsed();
-                    }
-                    total
+                        m.root().join(stack::COPYUP_FILE)
+                    })
                 })
             });
         }

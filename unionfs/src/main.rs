@@ -144,6 +144,14 @@ mod demo {
         }
     }
 
+    /// Prints `rel` as each of `views` (label, directory) sees it, labels padded to `width`.
+    fn show_in(views: &[(&str, &PathBuf)], rel: &str, width: usize) {
+        for (label, dir) in views {
+            let name = format!("{label}/{rel}");
+            say!("    {name:<width$}{}", describe(&dir.join(rel)));
+        }
+    }
+
     pub fn run(verbose: u8) -> Result<(), String> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -169,6 +177,13 @@ mod demo {
         }
         ctx("mkdir", fs::create_dir(base.join("docs")))?;
         ctx("mkdir", fs::create_dir(top.join("docs")))?;
+
+        // The three places a file of the demo is shown from.
+        let views = [
+            ("merged", &merged),
+            ("upper", &upper),
+            ("lower-base", &base),
+        ];
 
         say!("stratafs demo: a union mount in {}", root.display());
         say!("");
@@ -232,18 +247,7 @@ mod demo {
             .open(merged.join("notes.txt"))
             .and_then(|mut f| f.write_all(b"second line, appended through the mount\n"));
         ctx("appending to merged/notes.txt", appended)?;
-        say!(
-            "    merged/notes.txt     {}",
-            describe(&merged.join("notes.txt"))
-        );
-        say!(
-            "    upper/notes.txt      {}",
-            describe(&upper.join("notes.txt"))
-        );
-        say!(
-            "    lower-base/notes.txt {}",
-            describe(&base.join("notes.txt"))
-        );
+        show_in(&views, "notes.txt", 21);
         say!("");
 
         say!("5. Whiteout: removing docs/readme.txt (a base file) cannot touch the lower layer,");
@@ -252,18 +256,7 @@ mod demo {
             "rm merged/docs/readme.txt",
             fs::remove_file(merged.join("docs/readme.txt")),
         )?;
-        say!(
-            "    merged/docs/readme.txt      {}",
-            describe(&merged.join("docs/readme.txt"))
-        );
-        say!(
-            "    upper/docs/readme.txt       {}",
-            describe(&upper.join("docs/readme.txt"))
-        );
-        say!(
-            "    lower-base/docs/readme.txt  {}",
-            describe(&base.join("docs/readme.txt"))
-        );
+        show_in(&views, "docs/readme.txt", 28);
         say!("   upper/ now holds only the changes:");
         list(&upper, "");
         say!("");

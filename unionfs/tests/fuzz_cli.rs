@@ -14,22 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use unionfs::cli::{self, CliError};
 
-/// 1024 cases per property (PROPTEST_CASES overrides): the targets are pure and fast.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024)
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(),
-        // No regression files in the source tree; a failure prints its minimal input.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod common;
 
 /// Pieces of mount-style command lines: flags, option names, separators and escapes.
 const VOCAB: &[&str] = &[
@@ -122,7 +107,7 @@ fn render(r: &Result<cli::Command, CliError>) {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config())]
 
     #[test]
     fn parse_never_panics_on_arbitrary_bytes(

@@ -9,22 +9,7 @@ use unionfs::layers::Layers;
 use unionfs::options::{Options, XattrNamespace};
 use unionfs::whiteout;
 
-/// 1024 cases per property (PROPTEST_CASES overrides): the targets are pure and fast.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024)
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(),
-        // No regression files in the source tree; a failure prints its minimal input.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+mod common;
 
 /// A read-only stack of one empty lower layer with the marker namespace `ns`: enough for the
 /// pure name-mapping methods (`escape_xattr`, `unescape_xattr`, `is_private_xattr`), which only
@@ -110,7 +95,7 @@ fn origin_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config())]
 
     #[test]
     fn decode_origin_never_panics(v in origin_bytes()) {

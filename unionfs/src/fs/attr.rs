@@ -10,6 +10,16 @@ use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, Request, TimeOrNow};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// What one `setattr` changes; `None` leaves that attribute as it is.
+pub(super) struct SetAttr {
+    pub(super) mode: Option<u32>,
+    /// (uid, gid)
+    pub(super) owner: (Option<u32>, Option<u32>),
+    pub(super) size: Option<u64>,
+    /// (atime, mtime)
+    pub(super) times: (Option<TimeOrNow>, Option<TimeOrNow>),
+}
+
 fn systime(sec: i64, nsec: i64) -> SystemTime {
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
@@ -117,19 +127,19 @@ impl StrataFs {
         Ok(a)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn do_setattr(
         &self,
         req: &Request,
         ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        change: SetAttr,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
+        let SetAttr {
+            mode,
+            owner: (uid, gid),
+            size,
+            times: (atime, mtime),
+        } = change;
         self.check_writable()?;
         let info = self.inodes.get(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
         if size.is_some() {

@@ -2,7 +2,7 @@
 //! arguments, calls a `StrataFs` method answering `Result<T, Errno>`, and replies (the split
 //! virtiofsd makes between `filesystem` and `server`).
 
-use super::attr::attr;
+use super::attr::{attr, SetAttr};
 use super::entry::NewKind;
 use super::file::Created;
 use super::StrataFs;
@@ -132,7 +132,13 @@ impl fuser::Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        let change = SetAttr {
+            mode,
+            owner: (uid, gid),
+            size,
+            times: (atime, mtime),
+        };
+        match self.do_setattr(req, ino.0, change, fh) {
             Ok(a) => reply.attr(&self.attr_ttl(ino.0, &a), &a),
             Err(e) => reply.error(e),
         }
