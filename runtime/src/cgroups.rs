@@ -511,51 +511,79 @@ impl Cgroup {
             Kind::V1(d) => d.iter().map(|(_, p)| p.clone()).collect(),
         };
         for dir in &dirs {
-            if !dir.exists() {
-                continue;
-            }
-            let kill = dir.join("cgroup.kill");
-            if kill.exists() {
-                let _ = fs::write(&kill, "1");
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                if pids.is_empty() {
-                    match fs::remove_dir(dir) {
-                        Ok(()) => break,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                        Err(e) if Instant::now() > deadline => {
-                            return Err(io_err("removing", dir, e))
-                        }
-                        Err(_) => {}
-                    }
-                } else {
-                    for pid in pids {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    if Instant::now() > deadline {
-                        return Err(io_err(
-                            "removing",
-                            dir,
-                            io::Error::from_raw_os_error(libc::EBUSY),
-                        ));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            debug!("cgroup: removed {}", dir.display());
+            remove_dir(dir)?;
         }
         self.removed = true;
         Ok(())
     }
+}
+
+/// Kills every process in the cgroup directory `dir` and removes it (gone already: fine).
+pub fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() {
+        let _ = fs::write(&kill, "1");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            match fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() > deadline => return Err(io_err("removing", dir, e)),
+                Err(_) => {}
+            }
+        } else {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if Instant::now() > deadline {
+                return Err(io_err(
+                    "removing",
+                    dir,
+                    io::Error::from_raw_os_error(libc::EBUSY),
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    debug!("cgroup: removed {}", dir.display());
+    Ok(())
+}
+
+/// The cgroup directories that a container with this id may have left (where
+/// [`Cgroup::create`] puts them) and that exist.
+pub fn leftovers(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (mount, fstype, opts) in mounts() {
+        match fstype.as_str() {
+            "cgroup2" => {
+                out.push(mount.join("strata").join(id));
+                if let Some(own) = own_cgroup(None) {
+                    out.push(join_rel(&mount, &own).join(format!("strata-{id}")));
+                }
+            }
+            "cgroup" if !opts.split(',').any(|o| o.starts_with("name=")) => {
+                out.push(mount.join("strata").join(id));
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out.retain(|p| p.is_dir());
+    out
 }
 
 /// Moves the calling process back to the cgroups opened by [`Cgroup::origin`] (the

@@ -8,6 +8,8 @@
 //! * [`process`]: the process sequence (parent, intermediate, init, command), documented there;
 //! * [`namespaces`], [`idmap`]: the namespaces and the user namespace's uid/gid maps;
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
+//! * [`state`]: where state lives, the lock of a live runtime, and the collection of what dead
+//!   ones left (`strata gc`);
 //! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
 //! * [`devices`]: the device allowlist (an eBPF program, or the v1 devices controller);
@@ -27,6 +29,7 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod stack;
+pub mod state;
 // The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
 #[allow(unsafe_code)]
 pub mod sys;

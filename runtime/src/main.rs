@@ -29,6 +29,13 @@ Exit status: the command's, or 128+N when a signal N killed it; 2 for bad input;
 runtime itself failed; 126 when the command cannot be executed; 127 when it does not exist in \
 the container.")]
     Run(RunArgs),
+    /// Remove what containers whose runtime was killed left behind (state, temporary upper,
+    /// cgroups, mounts, a stratafs daemon); `strata run` also does it at start. Prints the ids.
+    Gc {
+        /// Print each step to stderr (-vv for more)
+        #[arg(short, long, action = ArgAction::Count)]
+        verbose: u8,
+    },
 }
 
 #[derive(Args)]
@@ -141,7 +148,24 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let Cmd::Run(a) = cli.command;
+    let a = match cli.command {
+        Cmd::Run(a) => a,
+        Cmd::Gc { verbose } => {
+            init_logging(verbose);
+            match strata_runtime::state::base() {
+                Ok(base) => {
+                    for id in strata_runtime::state::collect(&base) {
+                        println!("{id}");
+                    }
+                    std::process::exit(0);
+                }
+                Err(e) => {
+                    eprintln!("strata: {e}");
+                    std::process::exit(e.exit_code());
+                }
+            }
+        }
+    };
     init_logging(a.verbose);
     let raw = RawArgs {
         layers: a.layers,

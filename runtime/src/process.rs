@@ -3,9 +3,10 @@
 //! ```text
 //!  strata (parent, host namespaces)                 never forks once it has a second thread
 //!  │ 1. block the forwarded signals (HUP INT QUIT USR1 USR2 ALRM TERM; a thread forwards them)
-//!  │ 2. create the cgroup and write the limits (cgroups), the state directory with the
-//!  │    temporary upper (stack::Workspace), choose the driver; FUSE: start `stratafs -f`
-//!  │    and wait for its mount
+//!  │ 2. collect what dead runtimes left (state::collect); take the container's lock and
+//!  │    make the state directory with the temporary upper (stack::Workspace); create the
+//!  │    cgroup and write the limits (cgroups); choose the driver; FUSE: start
+//!  │    `stratafs -f` and wait for its mount
 //!  │ 3. fork ─────────────┐
 //!  │                      intermediate (host pid namespace)
 //!  │                      │ a. parent-death signal SIGKILL; setsid (out of the caller's
@@ -216,8 +217,9 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
     );
 
     let mut res = Resources::default();
-    res.cgroup = Cgroup::create(&id, &cfg.limits, cfg.cgroup_v1_fallback)?;
+    // The workspace first: its lock marks the id as live before a cgroup is named after it.
     res.ws = Some(Workspace::create(&id, cfg)?);
+    res.cgroup = Cgroup::create(&id, &cfg.limits, cfg.cgroup_v1_fallback)?;
     let ws = res.ws.as_ref().ok_or(ProcessError::Setup {
         what: "state directory",
         errno: Errno::EINVAL,

@@ -1,4 +1,5 @@
-//! The layer stack: the per-container state directory (mount point, temporary upper), the
+//! The layer stack: the per-container state directory (mount point, temporary upper; its
+//! place and lock are `state`'s), the
 //! choice of driver, and the stratafs daemon of the FUSE driver.
 //!
 //! * kernel driver: the overlay is mounted by the container's init, inside the container's
@@ -13,6 +14,7 @@
 
 use crate::config::{Config, Driver};
 use crate::error::{Error, StackError};
+use crate::state::{self, create_private_dir, force_remove, io_err};
 use crate::{idmap, sys};
 use log::{debug, info, warn};
 use nix::mount::{MntFlags, MsFlags};
@@ -23,7 +25,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,50 +43,8 @@ pub struct Workspace {
     /// A work directory created next to `--upper` (another filesystem than `dir`).
     sibling_work: Option<PathBuf>,
     removed: bool,
-}
-
-fn io_err(what: &str, path: &Path, err: io::Error) -> Error {
-    Error::Io {
-        what: what.to_string(),
-        path: path.to_path_buf(),
-        err,
-    }
-}
-
-/// Where state directories go: /run/strata as root; else $XDG_RUNTIME_DIR/strata or
-/// /tmp/strata-UID (created 0700 and checked to be ours).
-fn state_base() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("STRATA_STATE_DIR") {
-        return Ok(PathBuf::from(p));
-    }
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return Ok(PathBuf::from("/run/strata"));
-    }
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let x = PathBuf::from(x);
-        if nix::unistd::access(&x, nix::unistd::AccessFlags::W_OK).is_ok() {
-            return Ok(x.join("strata"));
-        }
-    }
-    Ok(PathBuf::from(format!("/tmp/strata-{uid}")))
-}
-
-fn create_private_dir(path: &Path) -> Result<(), Error> {
-    match fs::create_dir_all(path) {
-        Ok(()) => {}
-        Err(e) => return Err(io_err("creating", path, e)),
-    }
-    let md = fs::symlink_metadata(path).map_err(|e| io_err("checking", path, e))?;
-    if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(io_err(
-            "refusing to use",
-            path,
-            io::Error::other("not a directory owned by this user"),
-        ));
-    }
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    Ok(())
+    /// Held while the runtime lives (see `state`); released last.
+    lock: Option<state::Lock>,
 }
 
 fn dev_of(path: &Path) -> Option<u64> {
@@ -93,8 +53,13 @@ fn dev_of(path: &Path) -> Option<u64> {
 
 impl Workspace {
     pub fn create(id: &str, cfg: &Config) -> Result<Workspace, Error> {
-        let base = state_base()?;
+        let base = state::base()?;
         create_private_dir(&base)?;
+        // What runtimes killed before they could clean up left behind.
+        for dead in state::collect(&base) {
+            info!("removed the leftovers of container {dead}");
+        }
+        let lock = state::Lock::create(&base, id)?;
         let dir = base.join(id);
         fs::create_dir(&dir).map_err(|e| io_err("creating", &dir, e))?;
         let mut ws = Workspace {
@@ -105,6 +70,7 @@ impl Workspace {
             work: None,
             sibling_work: None,
             removed: false,
+            lock: Some(lock),
         };
         if let Err(e) = ws.fill(id, cfg) {
             let _ = ws.remove();
@@ -136,6 +102,10 @@ impl Workspace {
                     // The work directory must be on the upper's filesystem.
                     let parent = u.parent().unwrap_or(Path::new("/"));
                     let w = parent.join(format!(".strata-work-{id}"));
+                    // Recorded first, for `state::collect` after a kill.
+                    let record = self.dir.join("sibling-work");
+                    fs::write(&record, w.as_os_str().as_bytes())
+                        .map_err(|e| io_err("writing", &record, e))?;
                     self.sibling_work = Some(w.clone());
                     w
                 };
@@ -173,32 +143,11 @@ impl Workspace {
         force_remove(&self.dir).map_err(|e| io_err("removing", &self.dir, e))?;
         debug!("removed {}", self.dir.display());
         self.removed = true;
+        if let Some(lock) = self.lock.take() {
+            lock.release();
+        }
         Ok(())
     }
-}
-
-/// remove_dir_all that also removes directories without permissions (the overlay's
-/// `work/work` is mode 000 and owned by the mapped root in a user namespace).
-fn force_remove(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    fn chmod_dirs(p: &Path) {
-        if let Ok(md) = fs::symlink_metadata(p) {
-            if md.is_dir() {
-                let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
-                if let Ok(rd) = fs::read_dir(p) {
-                    for e in rd.flatten() {
-                        chmod_dirs(&e.path());
-                    }
-                }
-            }
-        }
-    }
-    chmod_dirs(path);
-    fs::remove_dir_all(path)
 }
 
 /// Escapes a path for a `lowerdir=`/`upperdir=` option (':', ',' and '\\' are special), byte

@@ -262,6 +262,10 @@ pub fn assert_no_leftovers(rootfs: &Rootfs, run: &Run) {
         if state.exists() {
             left.push(format!("state directory {}", state.display()));
         }
+        let lock = rootfs.state.join(format!("{id}.lock"));
+        if lock.exists() {
+            left.push(format!("lock file {}", lock.display()));
+        }
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
         for l in mountinfo.lines().filter(|l| l.contains(&id)) {
             left.push(format!("mount: {l}"));
