@@ -28,7 +28,7 @@ enum Cmd {
 Exit status: the command's, or 128+N when a signal N killed it; 2 for bad input; 125 when the \
 runtime itself failed; 126 when the command cannot be executed; 127 when it does not exist in \
 the container.")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove what containers whose runtime was killed left behind (state, temporary upper,
     /// cgroups, mounts, a stratafs daemon); `strata run` also does it at start. Prints the ids.
     Gc {
@@ -149,7 +149,7 @@ fn main() {
         }
     };
     let a = match cli.command {
-        Cmd::Run(a) => a,
+        Cmd::Run(a) => *a,
         Cmd::Gc { verbose } => {
             init_logging(verbose);
             match strata_runtime::state::base() {
