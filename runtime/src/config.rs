@@ -131,6 +131,8 @@ pub struct Config {
     pub tmpfs: Vec<PathBuf>,
     /// The capability bounding set of the command.
     pub caps: CapSet,
+    /// -t: a terminal of the container's own, relayed to the caller's.
+    pub tty: bool,
     pub command: Vec<OsString>,
 }
 
@@ -157,6 +159,7 @@ pub struct RawArgs {
     pub tmpfs: Vec<String>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    pub tty: bool,
     pub command: Vec<OsString>,
 }
 
@@ -345,6 +348,7 @@ impl Config {
             binds,
             tmpfs,
             caps,
+            tty: raw.tty,
             command: raw.command,
         })
     }

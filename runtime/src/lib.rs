@@ -13,6 +13,7 @@
 //! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
 //! * [`devices`]: the device allowlist (an eBPF program, or the v1 devices controller);
+//! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
@@ -33,6 +34,7 @@ pub mod state;
 // The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tty;
 
 pub use config::Config;
 pub use error::Error;

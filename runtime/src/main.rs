@@ -100,6 +100,9 @@ struct RunArgs {
     /// Drop a capability from the container's set (ALL for every one)
     #[arg(long = "cap-drop", value_name = "CAP")]
     cap_drop: Vec<String>,
+    /// Give the container a terminal of its own, relayed to this one (raw mode, window size)
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Print each step to stderr (-vv for more)
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -188,6 +191,7 @@ fn main() {
         tmpfs: a.tmpfs,
         cap_add: a.cap_add,
         cap_drop: a.cap_drop,
+        tty: a.tty,
         command: a.command,
     };
     let code = match Config::from_args(raw)

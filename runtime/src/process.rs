@@ -57,7 +57,7 @@ use crate::idmap::IdMap;
 use crate::namespaces::{self, Namespaces};
 use crate::rootfs::{self, RootfsSpec};
 use crate::stack::{self, FuseDaemon, StackMount, Workspace};
-use crate::sys;
+use crate::{sys, tty};
 use log::{debug, error, info};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
@@ -65,11 +65,11 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The signals `strata` passes on to the container instead of dying of them (Docker's
 /// sig-proxy set less SIGPIPE, which a write of `strata` itself raises, and SIGWINCH, the
@@ -83,6 +83,9 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGALRM,
     Signal::SIGTERM,
 ];
+
+/// The pty master of `-t`, once the container has sent it.
+type Console = Arc<Mutex<Option<Arc<std::fs::File>>>>;
 
 fn stop_signals() -> SigSet {
     let mut s = SigSet::empty();
@@ -110,12 +113,21 @@ impl Channel {
         socket::send(self.0.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL).map(drop)
     }
 
+    fn send_fd(&self, msg: &[u8], fd: &impl AsFd) -> Result<(), Errno> {
+        sys::send_with_fd(&self.0, msg, fd)
+    }
+
     /// The next message; empty at end of stream.
     fn recv(&self) -> Result<Vec<u8>, Errno> {
+        self.recv_with_fd().map(|(m, _)| m)
+    }
+
+    /// The next message and the descriptor it carries, if any.
+    fn recv_with_fd(&self) -> Result<(Vec<u8>, Option<OwnedFd>), Errno> {
         let mut buf = [0u8; 4096];
         loop {
-            match socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Ok(n) => return Ok(buf[..n].to_vec()),
+            match sys::recv_with_fd(&self.0, &mut buf) {
+                Ok((n, fd)) => return Ok((buf[..n].to_vec(), fd)),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e),
             }
@@ -195,7 +207,9 @@ fn new_id() -> String {
 
 /// Runs the container described by `cfg`; returns the exit status `strata` should end with.
 pub fn run(cfg: &Config) -> Result<i32, Error> {
-    let signals = stop_signals();
+    let mut signals = stop_signals();
+    // Not forwarded: the window size goes to the container's terminal (see forward_signals).
+    signals.add(Signal::SIGWINCH);
     sys::block_signals(&signals).map_err(|errno| ProcessError::Setup {
         what: "blocking signals",
         errno,
@@ -262,15 +276,19 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
 
     let init_pid = Arc::new(AtomicI32::new(0));
     let pending = Arc::new(AtomicI32::new(0));
+    let console: Console = Arc::new(Mutex::new(None));
     {
-        let (init_pid, pending) = (init_pid.clone(), pending.clone());
-        std::thread::spawn(move || forward_signals(&signals, &init_pid, &pending));
+        let (init_pid, pending, console) = (init_pid.clone(), pending.clone(), console.clone());
+        std::thread::spawn(move || forward_signals(&signals, &init_pid, &pending, &console));
     }
+    // -t: the caller's terminal in raw mode and the relay, from the "T" message on.
+    let mut raw_mode: Option<tty::RawMode> = None;
+    let mut relay: Option<tty::Relay> = None;
 
     let mut failure: Option<(i32, String)> = None;
     loop {
-        let msg = match parent_end.recv() {
-            Ok(m) if m.is_empty() => break,
+        let (msg, fd) = match parent_end.recv_with_fd() {
+            Ok((m, _)) if m.is_empty() => break,
             Ok(m) => m,
             Err(e) => {
                 failure.get_or_insert((error::EXIT_RUNTIME, format!("channel: {}", e.desc())));
@@ -278,6 +296,22 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
             }
         };
         match msg[0] {
+            b'T' => {
+                let Some(master) = fd.map(|f| Arc::new(std::fs::File::from(f))) else {
+                    continue;
+                };
+                raw_mode = tty::RawMode::enter();
+                let _ = sys::copy_window_size(&std::io::stdin(), &*master);
+                match tty::Relay::start(master.clone()) {
+                    Ok(r) => relay = Some(r),
+                    Err(e) => {
+                        failure.get_or_insert((error::EXIT_RUNTIME, format!("tty relay: {e}")));
+                    }
+                }
+                if let Ok(mut c) = console.lock() {
+                    *c = Some(master);
+                }
+            }
             b'U' => {
                 let r = idmap
                     .as_ref()
@@ -325,6 +359,11 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
         }
     };
     init_pid.store(-1, Ordering::SeqCst);
+    // The terminal's last output, then the caller's terminal as it was, before any message.
+    if let Some(r) = relay.take() {
+        r.finish(std::time::Duration::from_secs(2));
+    }
+    drop(raw_mode);
     let code = match status {
         Ok(WaitStatus::Exited(_, c)) => c,
         Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
@@ -370,8 +409,15 @@ fn human(bytes: u64) -> String {
 /// The parent's signal thread: forwards the signals `strata` gets (from a process or from
 /// its terminal: the container has its own session, so a Ctrl-C reaches only `strata`) to
 /// the container's init. A signal that comes before init exists is kept and sent once it does.
-fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32) {
+fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32, console: &Console) {
     while let Ok(info) = sys::wait_signal(set) {
+        if info.signal == Signal::SIGWINCH {
+            // The caller's window changed: the container's terminal follows (-t).
+            if let Some(master) = console.lock().ok().and_then(|c| c.clone()) {
+                let _ = sys::copy_window_size(&std::io::stdin(), &*master);
+            }
+            continue;
+        }
         let pid = init_pid.load(Ordering::SeqCst);
         if pid == 0 {
             pending.store(info.signal as i32, Ordering::SeqCst);
@@ -497,12 +543,13 @@ fn init(c: &Child, chan: &Channel) -> i32 {
     let cmd = match sys::fork() {
         Err(e) => return chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
         Ok(sys::Fork::Child) => {
-            let err =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec_command(c.cfg)))
-                    .unwrap_or(Error::Process(ProcessError::Setup {
-                        what: "starting the command",
-                        errno: Errno::EIO,
-                    }));
+            let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                exec_command(c.cfg, chan)
+            }))
+            .unwrap_or(Error::Process(ProcessError::Setup {
+                what: "starting the command",
+                errno: Errno::EIO,
+            }));
             let code = chan.fail(err.exit_code(), &err);
             sys::exit_now(code)
         }
@@ -540,12 +587,22 @@ fn reap_until(cmd: Pid, set: &SigSet) -> i32 {
 }
 
 /// The command's process: last settings, then execve. Returns only on failure.
-fn exec_command(cfg: &Config) -> Error {
+fn exec_command(cfg: &Config, chan: &Channel) -> Error {
     let setup =
         |what: &'static str| move |errno| Error::Process(ProcessError::Setup { what, errno });
     // A session of its own: `kill 0` inside reaches only the command's own group, not init.
     if let Err(e) = nix::unistd::setsid() {
         return setup("starting a new session")(e);
+    }
+    if cfg.tty {
+        match tty::attach_console() {
+            Ok(master) => {
+                if let Err(e) = chan.send_fd(b"T", &master) {
+                    return setup("sending the terminal to strata")(e);
+                }
+            }
+            Err((what, e)) => return setup(what)(e),
+        }
     }
     if let Err(e) = sys::reset_signals() {
         return setup("resetting signals")(e);

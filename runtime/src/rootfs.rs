@@ -4,9 +4,9 @@
 //! 1. `/` is made recursively private, so nothing propagates back to the host;
 //! 2. the layer stack is mounted on a private directory (kernel driver; the FUSE driver's
 //!    mount is already there) and made `nodev`, as is every mount under it but /dev, and what must come from the host later (bind sources, the
-//!    /dev nodes, the terminal) is taken now as detached mount trees (`open_tree`);
+//!    /dev nodes) is taken now as detached mount trees (`open_tree`);
 //! 3. under the new root: `/proc` (a new instance), a minimal `/dev` (tmpfs with null, zero,
-//!    full, random, urandom, tty, console when stdin is a terminal, pts, shm and the
+//!    full, random, urandom, tty, pts, shm and the
 //!    fd/stdin/stdout/stderr links), `/sys` read-only (with the container's cgroup v2 at
 //!    /sys/fs/cgroup when the host is pure cgroup v2), `/tmp` tmpfs, `--tmpfs` and `--bind`
 //!    mounts, the paths runc masks or makes read-only, the working directory, and the
@@ -202,7 +202,6 @@ fn attach(base: &Path, tree: &OwnedFd, target: &Path, create: Create) -> Result<
 struct HostTrees {
     binds: Vec<(OwnedFd, bool)>,
     dev: Vec<(&'static str, OwnedFd)>,
-    console: Option<OwnedFd>,
     sys: Option<OwnedFd>,
 }
 
@@ -228,13 +227,6 @@ fn take_host_trees(spec: &RootfsSpec) -> Result<HostTrees, RootfsError> {
             dev.push((*name, tree));
         }
     }
-    let console = if sys::is_terminal(&std::io::stdin()) {
-        nix::unistd::ttyname(std::io::stdin())
-            .ok()
-            .and_then(|p| sys::open_tree(&p, false).ok())
-    } else {
-        None
-    };
     // Without a network namespace of its own, a user namespace cannot mount sysfs: keep a
     // read-only copy of the host's instead (as rootless podman does).
     let sys_tree = if spec.rootless && !spec.net_none {
@@ -253,7 +245,6 @@ fn take_host_trees(spec: &RootfsSpec) -> Result<HostTrees, RootfsError> {
     Ok(HostTrees {
         binds,
         dev,
-        console,
         sys: sys_tree,
     })
 }
@@ -388,9 +379,6 @@ fn setup_dev(base: &Path, spec: &RootfsSpec, trees: &HostTrees) -> Result<(), Ro
     // /dev is now our own tmpfs: plain paths below cannot meet a symlink we did not make.
     for (name, tree) in &trees.dev {
         attach(base, tree, &Path::new("/dev").join(name), Create::File)?;
-    }
-    if let Some(tree) = &trees.console {
-        attach(base, tree, Path::new("/dev/console"), Create::File)?;
     }
     let pts_opts = if spec.rootless {
         "newinstance,ptmxmode=0666,mode=0620"

@@ -526,6 +526,115 @@ pub fn attach_device_program(cgroup: &impl AsFd, prog: &impl AsFd) -> SysResult<
 }
 
 // ---------------------------------------------------------------------------------------------
+// Terminals and passing descriptors
+// ---------------------------------------------------------------------------------------------
+
+/// A new pty pair from `/dev/ptmx` of the current root (the container's devpts): (master,
+/// slave, the slave's number). The slave comes from TIOCGPTPEER, not from a path, so no
+/// other devpts can be substituted.
+pub fn open_pty() -> SysResult<(OwnedFd, OwnedFd, u32)> {
+    let ptmx = c"/dev/ptmx";
+    // SAFETY: valid C string; the result is checked and owned below.
+    let fd = check(unsafe {
+        libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as libc::c_long)?;
+    // SAFETY: a fresh descriptor returned by open(2).
+    let master = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } as libc::c_long)?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int to the pointer.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } as libc::c_long)?;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor.
+    let sfd = check(unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as libc::c_long)?;
+    // SAFETY: a fresh descriptor returned by the kernel.
+    let slave = unsafe { OwnedFd::from_raw_fd(sfd as i32) };
+    Ok((master, slave, n))
+}
+
+/// Makes the terminal open as `fd` the controlling terminal of this session (whose leader
+/// the caller must be).
+pub fn set_controlling_tty(fd: &impl AsFd) -> SysResult<()> {
+    // SAFETY: TIOCSCTTY takes an int by value (0: do not steal it from another session).
+    check(unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSCTTY, 0) } as libc::c_long)
+        .map(drop)
+}
+
+/// dup2(fd, target) for the standard descriptors 0, 1, 2.
+pub fn dup_onto_stdio(fd: &impl AsFd) -> SysResult<()> {
+    for target in 0..3 {
+        // SAFETY: dup2 on an open descriptor; replacing 0-2 is what the caller wants.
+        check(unsafe { libc::dup2(fd.as_fd().as_raw_fd(), target) } as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// Copies the window size of the terminal `from` to the terminal `to` (which sends SIGWINCH
+/// to the foreground process group of `to` when it changes).
+pub fn copy_window_size(from: &impl AsFd, to: &impl AsFd) -> SysResult<()> {
+    // SAFETY: winsize is plain old data; all-zero is valid.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize to the pointer.
+    check(
+        unsafe { libc::ioctl(from.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } as libc::c_long,
+    )?;
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+    check(unsafe { libc::ioctl(to.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)
+        .map(drop)
+}
+
+/// Sends `msg` on the socket with `fd` attached (SCM_RIGHTS).
+pub fn send_with_fd(sock: &impl AsFd, msg: &[u8], fd: &impl AsFd) -> SysResult<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_fd().as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(msg)];
+    sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one message and the descriptor attached to it, if any (CMSG_CLOEXEC).
+pub fn recv_with_fd(sock: &impl AsFd, buf: &mut [u8]) -> SysResult<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed this descriptor for us with the message;
+                // nothing else owns it. Extra ones are closed when dropped.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    Ok((msg.bytes, fd))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Network
 // ---------------------------------------------------------------------------------------------
 
