@@ -585,9 +585,8 @@ pub fn copy_window_size(from: &impl AsFd, to: &impl AsFd) -> SysResult<()> {
     // SAFETY: winsize is plain old data; all-zero is valid.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes a winsize to the pointer.
-    check(
-        unsafe { libc::ioctl(from.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } as libc::c_long,
-    )?;
+    let got = unsafe { libc::ioctl(from.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    check(got as libc::c_long)?;
     // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
     check(unsafe { libc::ioctl(to.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)
         .map(drop)
