@@ -9,6 +9,7 @@
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
 //! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
+//! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
@@ -22,6 +23,7 @@ pub mod idmap;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod stack;
 // The one place `unsafe` is allowed: raw syscalls behind safe wrappers.
 #[allow(unsafe_code)]

@@ -87,6 +87,12 @@ struct RunArgs {
     /// Mount a tmpfs at DST (repeatable)
     #[arg(long, value_name = "DST")]
     tmpfs: Vec<String>,
+    /// Seccomp profile: an OCI/Docker JSON FILE, or unconfined (default: Docker's profile)
+    #[arg(long, value_name = "FILE|unconfined")]
+    seccomp: Option<String>,
+    /// Docker's security options; known: seccomp=FILE|unconfined
+    #[arg(long = "security-opt", value_name = "KEY=VALUE")]
+    security_opt: Vec<String>,
     /// Print each step to stderr (-vv for more)
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -156,6 +162,8 @@ fn main() {
         net: a.net,
         binds: a.binds,
         tmpfs: a.tmpfs,
+        seccomp: a.seccomp,
+        security_opt: a.security_opt,
         command: a.command,
     };
     let code = match Config::from_args(raw)

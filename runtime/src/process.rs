@@ -27,7 +27,8 @@
 //!  │                      │                   │                  │ Docker's; --user; chdir and
 //!  │                      │                   │                  │ check the cwd is inside the
 //!  │                      │                   │                  │ root; no_new_privs; every fd
-//!  │                      │                   │                  │ above 2 close-on-exec; execve
+//!  │                      │                   │                  │ above 2 close-on-exec; the
+//!  │                      │                   │                  │ seccomp filter; execve
 //!  │                      │                   │ reap zombies; forward SIGINT/SIGTERM/SIGHUP
 //!  │                      │                   │ sent by a process to the command (a terminal's
 //!  │                      │                   │ Ctrl-C reaches the command directly); exit with
@@ -71,7 +72,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// Capabilities left in the bounding set: Docker's default set.
-const DEFAULT_CAPS: &[u32] = &[
+pub const DEFAULT_CAPS: &[u32] = &[
     0,  // CHOWN
     1,  // DAC_OVERRIDE
     3,  // FOWNER
@@ -608,6 +609,12 @@ fn exec_command(cfg: &Config) -> Error {
     };
     if let Err(e) = sys::cloexec_from(3) {
         return setup("closing file descriptors")(e);
+    }
+    // Last: from here on only execve runs, under the filter.
+    if let Some(filter) = &cfg.seccomp {
+        if let Err(e) = filter.load() {
+            return setup("loading the seccomp filter")(e);
+        }
     }
     match sys::execve(&prog, &args, &env) {
         Errno::ENOENT => ProcessError::NotFound { command: shown }.into(),
