@@ -4,49 +4,49 @@
 //! Docker keeps CAP_MKNOD because its device cgroup makes the nodes useless; strata drops it as
 //! well, so a device node cannot even be made (the device filter stays, for `--cap-add MKNOD`).
 
-/// Capability names by number (linux/capability.h), without the `CAP_` prefix.
+/// Capability names by number (linux/capability.h), as profiles and Docker spell them.
 const NAMES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Docker's default set (moby's `oci/caps/defaults.go`) without MKNOD.
@@ -122,20 +122,36 @@ impl CapSet {
         cap < 64 && self.0 & (1 << cap) != 0
     }
 
-    /// The names, `CAP_` first, in number order (as seccomp profiles name them).
-    pub fn names(&self) -> Vec<String> {
+    /// The capability numbers, in order.
+    pub fn numbers(&self) -> Vec<u32> {
         (0..NAMES.len() as u32)
             .filter(|c| self.contains(*c))
-            .map(|c| format!("CAP_{}", NAMES[c as usize]))
             .collect()
     }
+
+    /// The names (`CAP_CHOWN`...), in number order.
+    pub fn names(&self) -> Vec<String> {
+        self.numbers()
+            .into_iter()
+            .filter_map(name)
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// The name of capability `cap` (`CAP_SYS_ADMIN`...).
+pub fn name(cap: u32) -> Option<&'static str> {
+    NAMES.get(cap as usize).copied()
 }
 
 /// The number of a capability named with or without `CAP_`, in any case.
 pub fn number(name: &str) -> Option<u32> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    NAMES.iter().position(|n| *n == bare).map(|i| i as u32)
+    NAMES
+        .iter()
+        .position(|n| n.strip_prefix("CAP_") == Some(bare))
+        .map(|i| i as u32)
 }
 
 #[cfg(test)]
@@ -173,7 +189,8 @@ mod tests {
     fn names_round_trip() {
         for (i, n) in NAMES.iter().enumerate() {
             assert_eq!(number(n), Some(i as u32));
-            assert_eq!(number(&format!("cap_{}", n.to_lowercase())), Some(i as u32));
+            assert_eq!(number(&n.to_lowercase()), Some(i as u32));
+            assert_eq!(number(&n[4..]), Some(i as u32));
         }
         assert_eq!(number("CAP_CHECKPOINT_RESTORE"), Some(40));
     }

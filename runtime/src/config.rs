@@ -5,6 +5,7 @@
 
 use crate::capabilities::CapSet;
 use crate::error::ConfigError;
+use crate::seccomp::{self, Filter};
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
@@ -133,6 +134,8 @@ pub struct Config {
     pub caps: CapSet,
     /// -t: a terminal of the container's own, relayed to the caller's.
     pub tty: bool,
+    /// The compiled seccomp filter; `None` when unconfined.
+    pub seccomp: Option<Filter>,
     pub command: Vec<OsString>,
 }
 
@@ -160,7 +163,39 @@ pub struct RawArgs {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub tty: bool,
+    pub seccomp: Option<String>,
+    pub security_opt: Vec<String>,
     pub command: Vec<OsString>,
+}
+
+/// `--security-opt KEY=VALUE` (Docker's option), one field per key known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecurityOpts {
+    /// `seccomp=FILE|unconfined`.
+    pub seccomp: Option<String>,
+}
+
+pub fn parse_security_opts(opts: &[String]) -> Result<SecurityOpts, ConfigError> {
+    let mut out = SecurityOpts::default();
+    for o in opts {
+        let (key, value) = o.split_once('=').unwrap_or((o.as_str(), ""));
+        match key {
+            "seccomp" if !value.is_empty() => out.seccomp = Some(value.to_string()),
+            "seccomp" => {
+                return Err(bad(
+                    "--security-opt",
+                    o,
+                    "expected seccomp=FILE or seccomp=unconfined",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::Conflict(format!(
+                    "unknown --security-opt '{o}' (known: seccomp=FILE|unconfined)"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The default PATH of the container's environment.
@@ -333,6 +368,19 @@ impl Config {
                 "no command given (strata run [OPTIONS] -- CMD [ARGS...])".into(),
             ));
         }
+        // Last: compiling a profile is the dearest check.
+        let security = parse_security_opts(&raw.security_opt)?;
+        let seccomp = match (raw.seccomp.as_deref(), security.seccomp.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict(
+                    "--seccomp and --security-opt seccomp= do not go together".into(),
+                ))
+            }
+            (Some(""), None) => return Err(bad("--seccomp", "", "expected FILE or unconfined")),
+            (Some(v), None) | (None, Some(v)) => seccomp::Choice::parse(v),
+            (None, None) => seccomp::Choice::Default,
+        }
+        .filter(&caps.numbers())?;
         Ok(Config {
             layers,
             upper,
@@ -349,6 +397,7 @@ impl Config {
             tmpfs,
             caps,
             tty: raw.tty,
+            seccomp,
             command: raw.command,
         })
     }
@@ -646,6 +695,26 @@ mod tests {
         );
         assert!(container_path("--workdir", "a").is_err());
         assert!(container_path("--workdir", "/a/../b").is_err());
+    }
+
+    #[test]
+    fn security_opts() {
+        let o =
+            |v: &[&str]| parse_security_opts(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(o(&[]).unwrap(), SecurityOpts::default());
+        assert_eq!(
+            o(&["seccomp=unconfined"]).unwrap().seccomp.as_deref(),
+            Some("unconfined")
+        );
+        assert_eq!(
+            o(&["seccomp=/a=b.json"]).unwrap().seccomp.as_deref(),
+            Some("/a=b.json")
+        );
+        assert!(o(&["seccomp="]).is_err());
+        assert_eq!(
+            o(&["apparmor=unconfined"]).unwrap_err().to_string(),
+            "unknown --security-opt 'apparmor=unconfined' (known: seccomp=FILE|unconfined)"
+        );
     }
 
     #[test]

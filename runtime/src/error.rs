@@ -47,6 +47,33 @@ pub enum ConfigError {
     },
     /// Two options that do not go together, or one that needs another.
     Conflict(String),
+    Seccomp(SeccompError),
+}
+
+/// A seccomp profile that cannot be used (see `seccomp`).
+#[derive(Debug)]
+pub enum SeccompError {
+    /// `--seccomp FILE` that cannot be read, parsed or compiled: bad input.
+    Profile { path: PathBuf, reason: String },
+    /// The built-in default profile did not compile: the runtime's failure.
+    Default(String),
+}
+
+impl fmt::Display for SeccompError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeccompError::Profile { path, reason } => {
+                write!(f, "seccomp profile {}: {reason}", path.display())
+            }
+            SeccompError::Default(reason) => write!(f, "the default seccomp profile: {reason}"),
+        }
+    }
+}
+
+impl From<SeccompError> for ConfigError {
+    fn from(e: SeccompError) -> ConfigError {
+        ConfigError::Seccomp(e)
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -61,6 +88,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "{what} {}: {reason}", path.display())
             }
             ConfigError::Conflict(msg) => write!(f, "{msg}"),
+            ConfigError::Seccomp(e) => e.fmt(f),
         }
     }
 }
@@ -309,6 +337,7 @@ impl Error {
     /// The exit status `strata` ends with for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Config(ConfigError::Seccomp(SeccompError::Default(_))) => EXIT_RUNTIME,
             Error::Config(_) => EXIT_USAGE,
             Error::Process(ProcessError::Child { code, .. }) => *code,
             Error::Process(ProcessError::NotFound { .. }) => EXIT_NOT_FOUND,

@@ -14,6 +14,7 @@
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
 //! * [`devices`]: the device allowlist (an eBPF program, or the v1 devices controller);
 //! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
+//! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
@@ -29,6 +30,7 @@ pub mod idmap;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod stack;
 pub mod state;
 // The one place `unsafe` is allowed: raw syscalls behind safe wrappers.

@@ -103,6 +103,12 @@ struct RunArgs {
     /// Give the container a terminal of its own, relayed to this one (raw mode, window size)
     #[arg(short = 't', long)]
     tty: bool,
+    /// Seccomp profile: an OCI/Docker JSON FILE, or unconfined (default: Docker's profile)
+    #[arg(long, value_name = "FILE|unconfined")]
+    seccomp: Option<String>,
+    /// Docker's security options; known: seccomp=FILE|unconfined
+    #[arg(long = "security-opt", value_name = "KEY=VALUE")]
+    security_opt: Vec<String>,
     /// Print each step to stderr (-vv for more)
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -192,6 +198,8 @@ fn main() {
         cap_add: a.cap_add,
         cap_drop: a.cap_drop,
         tty: a.tty,
+        seccomp: a.seccomp,
+        security_opt: a.security_opt,
         command: a.command,
     };
     let code = match Config::from_args(raw)

@@ -29,7 +29,8 @@
 //!  │                      │                   │                  │ reduced; --user; chdir and
 //!  │                      │                   │                  │ check the cwd is inside the
 //!  │                      │                   │                  │ root; no_new_privs; every fd
-//!  │                      │                   │                  │ above 2 close-on-exec; execve
+//!  │                      │                   │                  │ above 2 close-on-exec; the
+//!  │                      │                   │                  │ seccomp filter; execve
 //!  │                      │                   │ reap zombies; forward the signals that the
 //!  │                      │                   │ parent forwards to the command; exit with
 //!  │                      │                   │ the command's status (128+N if killed by N),
@@ -190,6 +191,8 @@ struct Child<'a> {
     hostname: String,
     cgroup2_in_container: bool,
     parent: Pid,
+    /// The runtime's lock, which the container side must not hold.
+    lock_fd: Option<std::os::fd::RawFd>,
 }
 
 fn new_id() -> String {
@@ -258,12 +261,16 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
         hostname: cfg.hostname.clone().unwrap_or_else(|| id.clone()),
         cgroup2_in_container: cgroups::is_pure_v2(),
         parent: nix::unistd::getpid(),
+        lock_fd: ws.lock_fd(),
     };
 
     // Still single-threaded here: the forwarding thread starts below, after the fork.
     let pid = match sys::fork().map_err(ProcessError::Fork)? {
         sys::Fork::Child => {
             drop(parent_end);
+            if let Some(fd) = child.lock_fd {
+                sys::close_inherited(fd);
+            }
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 intermediate(&child, &child_end)
             }))
@@ -475,14 +482,32 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
     if let Err(e) = c.namespaces.unshare_container() {
         return chan.fail(error::EXIT_RUNTIME, &e);
     }
+    // Open while this process lives: init checks it once its parent-death signal is set,
+    // since this process may have died (with the runtime) before that.
+    let (alive_r, alive_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(errno) => {
+            return chan.fail(
+                error::EXIT_RUNTIME,
+                &ProcessError::Setup {
+                    what: "creating a pipe",
+                    errno,
+                },
+            )
+        }
+    };
     match sys::fork() {
         Err(e) => chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
         Ok(sys::Fork::Child) => {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(c, chan)))
-                .unwrap_or(error::EXIT_RUNTIME);
+            drop(alive_w);
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init(c, chan, alive_r)))
+                    .unwrap_or(error::EXIT_RUNTIME);
             sys::exit_now(code)
         }
         Ok(sys::Fork::Parent(init_pid)) => {
+            drop(alive_r);
+            let _alive = alive_w;
             // Only the container counts in its limits: this process goes back.
             cgroups::leave(&origin);
             drop(origin);
@@ -501,11 +526,21 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
 }
 
 /// The container's init (pid 1); returns its exit status (the command's).
-fn init(c: &Child, chan: &Channel) -> i32 {
-    // (getppid() is 0 here: the parent is outside the new pid namespace.)
+fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
+    // (getppid() is 0 here: the parent is outside the new pid namespace; the pipe tells
+    // whether it still lives.)
     if sys::set_parent_death_signal(Signal::SIGKILL).is_err() {
         return error::EXIT_RUNTIME;
     }
+    let mut fds = [nix::poll::PollFd::new(
+        parent_alive.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+        Ok(0) => {}
+        _ => return error::EXIT_RUNTIME,
+    }
+    drop(parent_alive);
     let _ = sys::set_not_dumpable();
     if let Err(e) = namespaces::set_hostname(&c.hostname) {
         return chan.fail(error::EXIT_RUNTIME, &e);
@@ -677,6 +712,12 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
     };
     if let Err(e) = sys::cloexec_from(3) {
         return setup("closing file descriptors")(e);
+    }
+    // Last: from here on only execve runs, under the filter.
+    if let Some(filter) = &cfg.seccomp {
+        if let Err(e) = filter.load() {
+            return setup("loading the seccomp filter")(e);
+        }
     }
     match sys::execve(&prog, &args, &env) {
         Errno::ENOENT => ProcessError::NotFound { command: shown }.into(),

@@ -116,6 +116,11 @@ impl Workspace {
         Ok(())
     }
 
+    /// The descriptor of the runtime's lock (see `state::Lock`).
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.lock.as_ref().map(state::Lock::raw_fd)
+    }
+
     /// True while something is mounted on the stack's mount point (in this namespace).
     pub fn root_is_mounted(&self) -> bool {
         match (dev_of(&self.root), dev_of(&self.dir)) {

@@ -3,8 +3,8 @@
 //! Under the state base (`$STRATA_STATE_DIR`, else /run/strata as root, else
 //! `$XDG_RUNTIME_DIR/strata` or /tmp/strata-UID) a container has:
 //! * `<id>.lock`, created before anything else and held with `flock(LOCK_EX)` by the runtime
-//!   for its whole life (the intermediate and init share it through fork; the command and
-//!   stratafs, which exec, do not);
+//!   for its whole life, by the runtime alone: the forked container side closes its copy at
+//!   once, so that a container left alive by a race is still collected (its cgroup killed);
 //! * `<id>/`: the stack's mount point `root`, the temporary `upper` and `work`, and
 //!   `sibling-work`, the path of a work directory made next to `--upper` (written before it
 //!   is made).
@@ -113,6 +113,12 @@ impl Lock {
         let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| io_err("locking", &path, io::Error::from(e)))?;
         Ok(Lock { path, _file: file })
+    }
+
+    /// The descriptor holding the lock, for children to close after fork.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self._file.as_raw_fd()
     }
 
     /// Removes the lock file; the lock itself goes with `self`.

@@ -119,6 +119,25 @@ pub fn set_no_new_privs() -> SysResult<()> {
     check(ret as libc::c_long).map(drop)
 }
 
+/// seccomp(SECCOMP_SET_MODE_FILTER): installs the BPF program `prog` on this thread (it needs
+/// no_new_privs or CAP_SYS_ADMIN; execve keeps it).
+pub fn seccomp_set_filter(prog: &[libc::sock_filter], flags: u32) -> SysResult<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| Errno::E2BIG)?,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at `prog`, which outlives the call; the kernel copies the program.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags as libc::c_uint,
+            &fprog as *const libc::sock_fprog,
+        )
+    })
+    .map(drop)
+}
+
 /// Drops capability `cap` from the bounding set.
 pub fn drop_bounding_cap(cap: u32) -> SysResult<()> {
     prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)
@@ -287,6 +306,14 @@ pub fn cloexec_from(first: u32) -> SysResult<()> {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
+}
+
+/// Closes `fd`, a descriptor this process got through fork and must not hold (the runtime's
+/// lock: held by the children too, it would outlive the runtime).
+pub fn close_inherited(fd: std::os::fd::RawFd) {
+    // SAFETY: the caller names a descriptor it owns and never uses again (the object that
+    // owned it in the parent is not dropped in this process, which ends with exit_now).
+    unsafe { libc::close(fd) };
 }
 
 /// Closes every file descriptor from `first` on.
