@@ -6,6 +6,7 @@
 use crate::capabilities::CapSet;
 use crate::error::ConfigError;
 use crate::seccomp::{self, Filter};
+use crate::ulimits::Ulimit;
 use std::ffi::OsString;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
@@ -134,6 +135,10 @@ pub struct Config {
     pub caps: CapSet,
     /// -t: a terminal of the container's own, relayed to the caller's.
     pub tty: bool,
+    /// `--ulimit`s of the command.
+    pub ulimits: Vec<Ulimit>,
+    /// no_new_privs on the command (the default; `--security-opt no-new-privileges=false`).
+    pub no_new_privs: bool,
     /// The compiled seccomp filter; `None` when unconfined.
     pub seccomp: Option<Filter>,
     pub command: Vec<OsString>,
@@ -165,6 +170,7 @@ pub struct RawArgs {
     pub tty: bool,
     pub seccomp: Option<String>,
     pub security_opt: Vec<String>,
+    pub ulimit: Vec<String>,
     pub command: Vec<OsString>,
 }
 
@@ -173,13 +179,31 @@ pub struct RawArgs {
 pub struct SecurityOpts {
     /// `seccomp=FILE|unconfined`.
     pub seccomp: Option<String>,
+    /// `no-new-privileges[=true|false]` (Docker also spells it with ':').
+    pub no_new_privs: Option<bool>,
 }
 
 pub fn parse_security_opts(opts: &[String]) -> Result<SecurityOpts, ConfigError> {
     let mut out = SecurityOpts::default();
     for o in opts {
-        let (key, value) = o.split_once('=').unwrap_or((o.as_str(), ""));
+        let (key, value) = o
+            .split_once('=')
+            .or_else(|| o.split_once(':'))
+            .unwrap_or((o.as_str(), ""));
         match key {
+            "no-new-privileges" => {
+                out.no_new_privs = Some(match value {
+                    "" | "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(bad(
+                            "--security-opt",
+                            o,
+                            "expected no-new-privileges[=true|false]",
+                        ))
+                    }
+                })
+            }
             "seccomp" if !value.is_empty() => out.seccomp = Some(value.to_string()),
             "seccomp" => {
                 return Err(bad(
@@ -190,7 +214,7 @@ pub fn parse_security_opts(opts: &[String]) -> Result<SecurityOpts, ConfigError>
             }
             _ => {
                 return Err(ConfigError::Conflict(format!(
-                    "unknown --security-opt '{o}' (known: seccomp=FILE|unconfined)"
+                    "unknown --security-opt '{o}' (known: seccomp=FILE|unconfined, no-new-privileges[=true|false])"
                 )))
             }
         }
@@ -363,6 +387,11 @@ impl Config {
             };
             bad(option, &name, "unknown capability")
         })?;
+        let ulimits = raw
+            .ulimit
+            .iter()
+            .map(|u| Ulimit::parse(u).map_err(|r| bad("--ulimit", u, r)))
+            .collect::<Result<Vec<_>, _>>()?;
         if raw.command.is_empty() {
             return Err(ConfigError::Conflict(
                 "no command given (strata run [OPTIONS] -- CMD [ARGS...])".into(),
@@ -397,6 +426,8 @@ impl Config {
             tmpfs,
             caps,
             tty: raw.tty,
+            ulimits,
+            no_new_privs: security.no_new_privs.unwrap_or(true),
             seccomp,
             command: raw.command,
         })

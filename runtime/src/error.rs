@@ -288,6 +288,8 @@ pub enum ProcessError {
         what: &'static str,
         errno: Errno,
     },
+    /// The host refused a setting asked for (e.g. a `--ulimit`); the line says which.
+    Refused(String),
 }
 
 impl fmt::Display for ProcessError {
@@ -311,6 +313,7 @@ impl fmt::Display for ProcessError {
                 )
             }
             ProcessError::Setup { what, errno } => write!(f, "{what}: {}", errno_text(*errno)),
+            ProcessError::Refused(line) => write!(f, "{line}"),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! * [`rootfs`]: the root filesystem (pivot_root, /proc, /dev, /sys, masks, binds);
 //! * [`cgroups`]: cgroup v2 (and v1 fallback) limits;
 //! * [`devices`]: the device allowlist (an eBPF program, or the v1 devices controller);
+//! * [`ulimits`]: `--ulimit`, the command's resource limits;
 //! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
 //! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
 //! * [`error`]: typed errors and exit statuses;
@@ -37,6 +38,7 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tty;
+pub mod ulimits;
 
 pub use config::Config;
 pub use error::Error;

@@ -106,7 +106,10 @@ struct RunArgs {
     /// Seccomp profile: an OCI/Docker JSON FILE, or unconfined (default: Docker's profile)
     #[arg(long, value_name = "FILE|unconfined")]
     seccomp: Option<String>,
-    /// Docker's security options; known: seccomp=FILE|unconfined
+    /// Set a resource limit of the command, as Docker's: NAME=SOFT[:HARD] (nofile, nproc...)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// Docker's security options; known: seccomp=FILE|unconfined, no-new-privileges[=false]
     #[arg(long = "security-opt", value_name = "KEY=VALUE")]
     security_opt: Vec<String>,
     /// Print each step to stderr (-vv for more)
@@ -200,6 +203,7 @@ fn main() {
         tty: a.tty,
         seccomp: a.seccomp,
         security_opt: a.security_opt,
+        ulimit: a.ulimit,
         command: a.command,
     };
     let code = match Config::from_args(raw)

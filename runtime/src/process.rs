@@ -24,13 +24,16 @@
 //!  │                      │ status            │
 //!  │                      │                   │ fork ────────────┐
 //!  │                      │                   │                  command (pid 2)
-//!  │                      │                   │                  │ setsid; default signals;
-//!  │                      │                   │                  │ capability bounding set
-//!  │                      │                   │                  │ reduced; --user; chdir and
-//!  │                      │                   │                  │ check the cwd is inside the
-//!  │                      │                   │                  │ root; no_new_privs; every fd
-//!  │                      │                   │                  │ above 2 close-on-exec; the
-//!  │                      │                   │                  │ seccomp filter; execve
+//!  │                      │                   │                  │ setsid; -t: the pty; default
+//!  │                      │                   │                  │ signals; capability bounding
+//!  │                      │                   │                  │ set reduced; --ulimit;
+//!  │                      │                   │                  │ --user; chdir and check the
+//!  │                      │                   │                  │ cwd is inside the root;
+//!  │                      │                   │                  │ no_new_privs; every fd above
+//!  │                      │                   │                  │ 2 close-on-exec; the seccomp
+//!  │                      │                   │                  │ filter (before --user with
+//!  │                      │                   │                  │ no-new-privileges=false);
+//!  │                      │                   │                  │ execve
 //!  │                      │                   │ reap zombies; forward the signals that the
 //!  │                      │                   │ parent forwards to the command; exit with
 //!  │                      │                   │ the command's status (128+N if killed by N),
@@ -653,6 +656,21 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
     if let Err(e) = sys::clear_ambient_caps().and_then(|()| sys::clear_inheritable_caps()) {
         return setup("clearing capabilities")(e);
     }
+    // While CAP_SYS_RESOURCE is still effective (raising a hard limit needs it).
+    for u in &cfg.ulimits {
+        if let Err(line) = u.apply() {
+            return ProcessError::Refused(line).into();
+        }
+    }
+    // Without no_new_privs only a process with CAP_SYS_ADMIN may install a filter: before
+    // --user drops it (as runc does); the filter then covers the steps below.
+    if !cfg.no_new_privs {
+        if let Some(filter) = &cfg.seccomp {
+            if let Err(e) = filter.load() {
+                return setup("loading the seccomp filter")(e);
+            }
+        }
+    }
     let (uid, gid) = cfg.user.unwrap_or((0, 0));
     if let Err(e) = sys::set_ids(Uid::from_raw(uid), Gid::from_raw(gid), true) {
         return setup("switching to --user")(e);
@@ -675,8 +693,10 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
             .into()
         }
     }
-    if let Err(e) = sys::set_no_new_privs() {
-        return setup("setting no_new_privs")(e);
+    if cfg.no_new_privs {
+        if let Err(e) = sys::set_no_new_privs() {
+            return setup("setting no_new_privs")(e);
+        }
     }
     let path_env = cfg
         .env
@@ -714,7 +734,7 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
         return setup("closing file descriptors")(e);
     }
     // Last: from here on only execve runs, under the filter.
-    if let Some(filter) = &cfg.seccomp {
+    if let Some(filter) = cfg.seccomp.as_ref().filter(|_| cfg.no_new_privs) {
         if let Err(e) = filter.load() {
             return setup("loading the seccomp filter")(e);
         }

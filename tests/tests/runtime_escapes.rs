@@ -307,3 +307,58 @@ fn a_host_disk_node_is_refused_by_the_device_cgroup() {
     let after = fs::read(&image).unwrap();
     assert_eq!(&after[..8], b"HOSTDATA", "the host disk was written");
 }
+
+#[test]
+fn ulimit_and_no_new_privileges_as_docker() {
+    let r = rootfs("ulimit");
+    let run = r.run(
+        &["--ulimit", "nofile=100:200", "--ulimit", "core=0"],
+        &["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"],
+    );
+    assert_eq!(run.ok().stdout, "100\n200\n0\n");
+    // Above fs.nr_open no process may go, root included: one line, the runtime's status.
+    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let too_many = format!("nofile={}", nr_open + 1);
+    let run = r.run(&["--ulimit", &too_many], &["true"]);
+    run.expect(125);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("--ulimit nofile="), "{}", run.stderr);
+    for bad in ["nofile=10:5", "files=1", "nofile"] {
+        let run = r.run(&["--ulimit", bad], &["true"]);
+        run.expect(2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    // no_new_privs: on by default (Docker's is off: we are stricter), Docker's options.
+    let nnp = |opts: &[&str]| -> String {
+        let run = r.run(
+            opts,
+            &[
+                "sh",
+                "-c",
+                "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
+            ],
+        );
+        run.ok().stdout.replace('\t', " ")
+    };
+    assert_eq!(nnp(&[]), "NoNewPrivs: 1\nSeccomp: 2\n");
+    assert_eq!(
+        nnp(&["--security-opt", "no-new-privileges"]),
+        "NoNewPrivs: 1\nSeccomp: 2\n"
+    );
+    // Off: the filter is still there (loaded before --user while CAP_SYS_ADMIN is held).
+    assert_eq!(
+        nnp(&[
+            "--security-opt",
+            "no-new-privileges=false",
+            "-u",
+            "1000:1000"
+        ]),
+        "NoNewPrivs: 0\nSeccomp: 2\n"
+    );
+    let run = r.run(&["--security-opt", "apparmor=unconfined"], &["true"]);
+    run.expect(2);
+}
