@@ -744,7 +744,7 @@ mod tests {
         assert!(o(&["seccomp="]).is_err());
         assert_eq!(
             o(&["apparmor=unconfined"]).unwrap_err().to_string(),
-            "unknown --security-opt 'apparmor=unconfined' (known: seccomp=FILE|unconfined)"
+            "unknown --security-opt 'apparmor=unconfined' (known: seccomp=FILE|unconfined, no-new-privileges[=true|false])"
         );
     }
 

@@ -22,6 +22,8 @@
 //! the kernel and libseccomp's version would remove it, at the price of a file that outlives
 //! the run.
 
+mod cache;
+
 use crate::error::SeccompError;
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext};
 use libseccomp::{ScmpSyscall, ScmpVersion};
@@ -136,6 +138,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// What of the machine the compiled program depends on (for the cache's key).
+    fn machine(&self) -> String {
+        format!("{:?} {}.{}", self.arch, self.kernel.0, self.kernel.1)
+    }
+
     /// This host, for a command whose bounding set is `caps` (capability numbers).
     pub fn native(caps: &[u32]) -> Target {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -330,9 +337,11 @@ impl Filter {
     /// Docker's default profile for a command whose bounding set is `caps` (capability
     /// numbers; a future --cap-add extends it).
     pub fn default_for(caps: &[u32]) -> Result<Filter, SeccompError> {
-        let f = Profile::parse(DEFAULT_PROFILE)
-            .and_then(|p| Filter::compile(&p, &Target::native(caps)))
-            .map_err(SeccompError::Default)?;
+        let t = Target::native(caps);
+        let f = cache::get_or_compile(DEFAULT_PROFILE, caps, &t.machine(), || {
+            Profile::parse(DEFAULT_PROFILE).and_then(|p| Filter::compile(&p, &t))
+        })
+        .map_err(SeccompError::Default)?;
         if !f.skipped.is_empty() {
             debug!(
                 "seccomp: the default profile's syscalls unknown to {} are skipped: {}",
@@ -350,9 +359,11 @@ impl Filter {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(crate::error::io_text(&e)))?;
-        let f = Profile::parse(&text)
-            .and_then(|p| Filter::compile(&p, &Target::native(caps)))
-            .map_err(err)?;
+        let t = Target::native(caps);
+        let f = cache::get_or_compile(&text, caps, &t.machine(), || {
+            Profile::parse(&text).and_then(|p| Filter::compile(&p, &t))
+        })
+        .map_err(err)?;
         if !f.skipped.is_empty() {
             warn!(
                 "seccomp profile {}: syscalls unknown to {} skipped: {}",
