@@ -30,6 +30,8 @@
 //! with one `lowerdir+` per layer, so there is no option-length limit; lower snapshots exclude
 //! atime (reads legitimately update it through both implementations).
 
+#![deny(unsafe_code)]
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -64,7 +66,9 @@ mod mount;
 pub mod ops;
 mod pair;
 mod snapshot;
-mod sys;
+// Safe wrappers of the raw syscalls: the only module allowed to contain `unsafe`.
+#[allow(unsafe_code)]
+pub mod sys;
 
 pub use layers::*;
 pub use mount::*;

@@ -4,7 +4,7 @@
 use crate::*;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -42,12 +42,6 @@ pub fn stratafs_bin() -> PathBuf {
     bin
 }
 
-fn fsconfig_str(fd: RawFd, key: &str, val: &str) -> R<()> {
-    let (k, v) = (cstr(key), cstr(val));
-    cvt_l(unsafe { libc::syscall(libc::SYS_fsconfig, fd, 1u32, k.as_ptr(), v.as_ptr(), 0) })
-        .map(drop)
-}
-
 /// Mounts a kernel overlay through the new mount API (fsopen/fsconfig "lowerdir+"/fsmount/
 /// move_mount), which has no option-string length limit (100 layers work).
 pub fn kernel_mount(
@@ -66,75 +60,33 @@ pub fn kernel_mount_with(
     flags: &[&str],
     mnt: &Path,
 ) -> Result<(), String> {
-    let name = cstr("overlay");
-    let fsfd = cvt_l(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1u32) })
-        .map_err(|e| format!("fsopen overlay: {e}"))?;
-    let fsfd = unsafe { OwnedFd::from_raw_fd(fsfd as RawFd) };
+    let fsfd = fsopen("overlay").map_err(|e| format!("fsopen overlay: {e}"))?;
     let f = fsfd.as_raw_fd();
     let msgs = || {
         let mut s = String::new();
         let mut buf = [0u8; 1024];
-        loop {
-            let n = unsafe { libc::read(f, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            s.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
+        while let Ok(n @ 1..) = read_buf(f, &mut buf) {
+            s.push_str(&String::from_utf8_lossy(&buf[..n]));
             s.push(' ');
         }
         s
     };
     for l in lowers {
-        fsconfig_str(f, "lowerdir+", l.to_str().unwrap())
+        fsconfig_string(f, "lowerdir+", l.to_str().unwrap())
             .map_err(|e| format!("fsconfig lowerdir+={}: {e} {}", l.display(), msgs()))?;
     }
     if let Some((u, w)) = upper_work {
-        fsconfig_str(f, "upperdir", u.to_str().unwrap())
+        fsconfig_string(f, "upperdir", u.to_str().unwrap())
             .map_err(|e| format!("fsconfig upperdir: {e} {}", msgs()))?;
-        fsconfig_str(f, "workdir", w.to_str().unwrap())
+        fsconfig_string(f, "workdir", w.to_str().unwrap())
             .map_err(|e| format!("fsconfig workdir: {e} {}", msgs()))?;
     }
     for flag in flags {
-        let k = cstr(flag);
-        // FSCONFIG_SET_FLAG = 0
-        cvt_l(unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                f,
-                0u32,
-                k.as_ptr(),
-                std::ptr::null::<libc::c_char>(),
-                0,
-            )
-        })
-        .map_err(|e| format!("fsconfig {flag}: {e} {}", msgs()))?;
+        fsconfig_flag(f, flag).map_err(|e| format!("fsconfig {flag}: {e} {}", msgs()))?;
     }
-    cvt_l(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            f,
-            6u32,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })
-    .map_err(|e| format!("fsconfig create: {e} {} (see dmesg)", msgs()))?;
-    let mfd = cvt_l(unsafe { libc::syscall(libc::SYS_fsmount, f, 1u32, 0u32) })
-        .map_err(|e| format!("fsmount: {e}"))?;
-    let mfd = unsafe { OwnedFd::from_raw_fd(mfd as RawFd) };
-    let (empty, target) = (cstr(""), cpath(mnt));
-    cvt_l(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mfd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            4u32, // MOVE_MOUNT_F_EMPTY_PATH
-        )
-    })
-    .map_err(|e| format!("move_mount {}: {e}", mnt.display()))?;
+    fsconfig_create(f).map_err(|e| format!("fsconfig create: {e} {} (see dmesg)", msgs()))?;
+    let mfd = fsmount(f).map_err(|e| format!("fsmount: {e}"))?;
+    move_mount(&mfd, mnt).map_err(|e| format!("move_mount {}: {e}", mnt.display()))?;
     Ok(())
 }
 
@@ -149,22 +101,15 @@ fn is_mountpoint(p: &Path) -> bool {
 /// Unmounts (retrying on EBUSY, then lazily). Returns an error description if even the lazy
 /// unmount failed.
 pub fn unmount(mnt: &Path) -> Result<(), String> {
-    let c = cpath(mnt);
     for _ in 0..50 {
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return Ok(());
-        }
-        match Errno::last() {
-            Errno::EBUSY => std::thread::sleep(Duration::from_millis(20)),
-            Errno::EINVAL if !is_mountpoint(mnt) => return Ok(()),
-            e => return Err(format!("umount {}: {e}", mnt.display())),
+        match umount2(mnt, 0) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+            Err(Errno::EINVAL) if !is_mountpoint(mnt) => return Ok(()),
+            Err(e) => return Err(format!("umount {}: {e}", mnt.display())),
         }
     }
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(format!("umount -l {}: {}", mnt.display(), Errno::last()))
-    }
+    umount2(mnt, libc::MNT_DETACH).map_err(|e| format!("umount -l {}: {e}", mnt.display()))
 }
 
 /// Which implementation serves a side.
@@ -318,7 +263,7 @@ impl Side {
                     "[{}] stratafs daemon {pid} still alive after unmount: killing it",
                     self.label
                 );
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(pid, libc::SIGKILL);
             }
         }
         r

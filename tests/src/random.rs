@@ -1108,26 +1108,7 @@ fn mmap_write(fd: &OwnedFd, off: u64, data: &[u8]) -> R<String> {
     }
     let off = off as usize % size;
     let len = data.len().min(size - off);
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off), len);
-        let r = libc::msync(p, size, libc::MS_SYNC);
-        let e = Errno::last();
-        libc::munmap(p, size);
-        if r != 0 {
-            return Err(e);
-        }
-    }
+    mmap_shared_write(fd.as_raw_fd(), size, off, &data[..len])?;
     Ok(format!("wrote {len} at {off}"))
 }
 

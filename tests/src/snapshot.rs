@@ -103,12 +103,11 @@ fn hash_file(fd: &OwnedFd) -> R<Blob> {
     let mut buf = vec![0u8; 1 << 20];
     let mut off: i64 = 0;
     loop {
-        let n =
-            cvt_s(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })?;
+        let n = pread_buf(fd.as_raw_fd(), &mut buf, off)?;
         if n == 0 {
             break;
         }
-        let chunk = &buf[..n as usize];
+        let chunk = &buf[..n];
         if off < 256 {
             small.extend_from_slice(chunk);
         }
@@ -171,12 +170,10 @@ fn entry_at(dirfd: RawFd, name: &str, st: &libc::stat, opts: &SnapOpts) -> Entry
     e.xattrs = xattrs_at(dirfd, name, opts);
     match e.kind {
         Kind::Symlink => {
-            let c = cstr(name);
             let mut buf = vec![0u8; 8192];
-            let n =
-                unsafe { libc::readlinkat(dirfd, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            assert!(n >= 0, "readlinkat {name}: {}", Errno::last());
-            buf.truncate(n as usize);
+            let n = readlinkat(dirfd, name, &mut buf)
+                .unwrap_or_else(|e| panic!("readlinkat {name}: {e}"));
+            buf.truncate(n);
             let mut t = String::from_utf8_lossy(&buf).into_owned();
             for r in &opts.roots {
                 t = t.replace(r.as_str(), "{SET}");
@@ -239,8 +236,7 @@ pub fn snapshot_with(dir: &Path, opts: &SnapOpts) -> Tree {
     let mut out = Tree::new();
     let fd = ops::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
         .unwrap_or_else(|e| panic!("snapshot: open {}: {e}", dir.display()));
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    let st = fstat_raw(&fd).unwrap_or_else(|e| panic!("snapshot: fstat {}: {e}", dir.display()));
     // The root: xattrs through /proc/self/fd/N.
     let mut root = entry_at(fd.as_raw_fd(), "", &st, &SnapOpts { ..opts.clone() });
     root.xattrs = xattrs_at(fd.as_raw_fd(), "", opts);

@@ -14,8 +14,10 @@
 //! No deadlock: every test runs its work in threads and fails if they are not done by a
 //! (generous) deadline. No crash: the daemon still serves at the end. Seeded by CONC_SEED.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid};
-use e2e::{lstat, open, pwrite, read, stratafs_bin, unmount, Errno, Kind};
+use e2e::{lstat, open, pwrite, read, stratafs_bin, sys, unmount, write_fd, Errno, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -134,8 +136,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if unmount(&self.mnt).is_err() {
-            let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
         }
         if let Some(pid) = self.pid {
             let t = Instant::now();
@@ -143,7 +144,7 @@ impl Drop for Mount {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if alive(pid) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = sys::kill(pid, libc::SIGKILL);
             }
         }
         let _ = fs::remove_dir_all(&self.root);
@@ -363,8 +364,8 @@ fn simultaneous_first_writes_to_one_lower_file() {
                     .expect("open O_APPEND");
                 for k in 0..5 {
                     let rec = format!("rec {i:03} {name:>4} {k}\n");
-                    let r = unsafe { libc::write(lfd.as_raw_fd(), rec.as_ptr().cast(), rec.len()) };
-                    assert_eq!(r as usize, rec.len(), "append: {}", Errno::last());
+                    let r = write_fd(&lfd, rec.as_bytes());
+                    assert_eq!(r, Ok(rec.len()), "append");
                     records += 1;
                 }
             }

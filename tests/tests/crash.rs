@@ -17,10 +17,12 @@
 //! Seeded: CRASH_SEED (default fixed) makes the kill moments and the operations reproducible
 //! (as far as thread scheduling allows); CRASH_ROUNDS scales the number of kills per scenario.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid};
 use e2e::{
     assert_trees_eq, kernel_mount, lstat, open, pwrite, rename2, snapshot, snapshot_with,
-    stratafs_bin, unmount, Blob, Entry, Errno, Kind, SnapOpts, Tree, RENAME_EXCHANGE,
+    stratafs_bin, sys, unmount, Blob, Entry, Errno, Kind, SnapOpts, Tree, RENAME_EXCHANGE,
     RENAME_NOREPLACE,
 };
 use std::collections::BTreeMap;
@@ -190,7 +192,9 @@ impl Stack {
     fn kill(&mut self) {
         assert_eq!(self.mounted, Mounted::Strata);
         let pid = self.pid.take().expect("daemon pid");
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+        if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+            panic!("kill {pid}: {e}");
+        }
         wait_gone(pid);
         // ENOTCONN; ECONNABORTED when the kernel aborted the connection with requests pending;
         // ECANCELED over io_uring (see is_dead).
@@ -199,13 +203,9 @@ impl Stack {
             matches!(r, Err(e) if is_dead(e)),
             "a mount whose daemon was killed answers ENOTCONN, not {r:?}"
         );
-        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-        assert_eq!(
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) },
-            0,
-            "umount -l: {}",
-            Errno::last()
-        );
+        if let Err(e) = sys::umount2(&self.mnt, libc::MNT_DETACH) {
+            panic!("umount -l: {e}");
+        }
         self.mounted = Mounted::No;
     }
 
@@ -235,14 +235,13 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = sys::kill(pid, libc::SIGKILL);
             wait_gone(pid);
         }
         if self.mounted != Mounted::No {
             let _ = unmount(&self.mnt);
         }
-        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
         let still = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .contains(self.root.to_str().unwrap());

@@ -5,6 +5,8 @@
 //! `cargo test -p e2e --test regressions -- --ignored NAME`, or its original sequence with
 //! `RANDOM_REPLAY=SEED cargo test -p e2e --test random_diff`.
 
+#![deny(unsafe_code)]
+
 use e2e::random::*;
 use e2e::*;
 

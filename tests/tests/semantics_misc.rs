@@ -1,6 +1,8 @@
 //! Hard links and inode numbers, open-then-unlinked files, statfs, name and path length limits,
 //! special files, xattrs, open flags, permissions of an unprivileged user, symlink safety.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 use std::os::fd::AsRawFd;
 

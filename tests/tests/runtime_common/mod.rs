@@ -2,6 +2,7 @@
 //! built from Debian's busybox-static, running `strata run` with a time limit, and checks
 //! that a run left nothing behind (state directory, mount, cgroup, daemon).
 
+#![deny(unsafe_code)]
 #![allow(dead_code)]
 
 use std::fs;
