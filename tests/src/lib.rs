@@ -39,7 +39,7 @@ use std::time::Duration;
 pub use nix::errno::Errno;
 pub use ops::*;
 
-// Randomized differential testing (generator, runner, shrinker): see tests/src/random.rs.
+// Randomized differential testing (generator, runner, shrinker): see tests/src/random/.
 pub mod random;
 
 // /proc helpers (daemon pids, fds, RSS, drop_caches, wait_until) shared by the test files.
