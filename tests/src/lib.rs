@@ -65,6 +65,7 @@ mod layers;
 mod mount;
 pub mod ops;
 mod pair;
+mod scratch;
 mod snapshot;
 // Safe wrappers of the raw syscalls: the only module allowed to contain `unsafe`.
 #[allow(unsafe_code)]
@@ -74,5 +75,6 @@ pub use layers::*;
 pub use mount::*;
 pub(crate) use pair::panic_msg;
 pub use pair::*;
+pub use scratch::*;
 pub use snapshot::*;
 use sys::*;

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub(crate) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -21,10 +21,16 @@ pub fn extra_strata_opts() -> String {
     }
 }
 
-/// Location of the stratafs binary: $STRATAFS_BIN, else target/debug/stratafs next to the
+/// Location of the stratafs binary: $STRATAFS_BIN, else target/<profile>/stratafs next to the
 /// test binary's deps directory.
 pub fn stratafs_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATAFS_BIN") {
+    target_bin("stratafs", "STRATAFS_BIN", "cargo build --workspace")
+}
+
+/// A binary of the workspace: $`env`, else target/<profile>/`name` next to the test binary's
+/// deps directory, which must exist (else the panic says to run `build`).
+pub fn target_bin(name: &str, env: &str, build: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -32,14 +38,30 @@ pub fn stratafs_bin() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test binary is expected in target/<profile>/deps");
-    let bin = dir.join("stratafs");
-    if !bin.exists() {
+    let bin = dir.join(name);
+    if !bin.is_file() {
         panic!(
-            "stratafs binary not found at {} (set STRATAFS_BIN or run `cargo build --workspace` first)",
+            "{name} binary not found at {} (set {env} or run `{build}` first)",
             bin.display()
         );
     }
     bin
+}
+
+/// Runs `stratafs -o OPTS MNT` (which returns once the mount is ready, leaving the daemon
+/// behind) with stdin from /dev/null, stdout and stderr into the new file `log`.
+pub fn run_stratafs_logged(opts: &str, mnt: &Path, log: &Path) -> ExitStatus {
+    let bin = stratafs_bin();
+    let out = fs::File::create(log).expect("create daemon log");
+    Command::new(&bin)
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup log"))
+        .stderr(out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 /// Mounts a kernel overlay through the new mount API (fsopen/fsconfig "lowerdir+"/fsmount/
@@ -90,14 +112,6 @@ pub fn kernel_mount_with(
     Ok(())
 }
 
-fn is_mountpoint(p: &Path) -> bool {
-    let want = p.to_str().unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want))
-}
-
 /// Unmounts (retrying on EBUSY, then lazily). Returns an error description if even the lazy
 /// unmount failed.
 pub fn unmount(mnt: &Path) -> Result<(), String> {
@@ -105,7 +119,7 @@ pub fn unmount(mnt: &Path) -> Result<(), String> {
         match umount2(mnt, 0) {
             Ok(()) => return Ok(()),
             Err(Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-            Err(Errno::EINVAL) if !is_mountpoint(mnt) => return Ok(()),
+            Err(Errno::EINVAL) if !procfs::mounted_at(mnt) => return Ok(()),
             Err(e) => return Err(format!("umount {}: {e}", mnt.display())),
         }
     }
@@ -223,16 +237,7 @@ impl Side {
         }
         opts.push_str(&extra_strata_opts());
         let log_path = self.set.join(format!("log{}", self.mounts));
-        let log = fs::File::create(&log_path).expect("create daemon log");
-        let status = Command::new(&bin)
-            .arg("-o")
-            .arg(&opts)
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let status = run_stratafs_logged(&opts, &self.mnt, &log_path);
         if !status.success() {
             let mut s = String::new();
             let _ = fs::File::open(&log_path).and_then(|mut f| f.read_to_string(&mut s));

@@ -125,36 +125,32 @@ fn hash_file(fd: &OwnedFd) -> R<Blob> {
 }
 
 fn entry_at(dirfd: RawFd, name: &str, st: &libc::stat, opts: &SnapOpts) -> Entry {
-    let mut e = Entry {
-        kind: Kind::of_mode(st.st_mode),
-        perm: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: Some(st.st_size as u64),
-        nlink: Some(st.st_nlink),
+    let blank = |kind| Entry {
+        kind,
+        perm: 0,
+        uid: 0,
+        gid: 0,
+        size: None,
+        nlink: None,
         rdev: None,
         content: None,
         target: None,
         xattrs: BTreeMap::new(),
         times_ino: None,
     };
+    let mut e = Entry {
+        perm: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: Some(st.st_size as u64),
+        nlink: Some(st.st_nlink),
+        ..blank(Kind::of_mode(st.st_mode))
+    };
     if matches!(e.kind, Kind::Char | Kind::Block) {
         e.rdev = Some((libc::major(st.st_rdev), libc::minor(st.st_rdev)));
     }
     if opts.whiteouts && e.kind == Kind::Char && st.st_rdev == 0 {
-        return Entry {
-            kind: Kind::Whiteout,
-            perm: 0,
-            uid: 0,
-            gid: 0,
-            size: None,
-            nlink: None,
-            rdev: None,
-            content: None,
-            target: None,
-            xattrs: BTreeMap::new(),
-            times_ino: None,
-        };
+        return blank(Kind::Whiteout);
     }
     if e.kind == Kind::Dir && !opts.exact {
         e.size = None;

@@ -17,7 +17,8 @@
 #![deny(unsafe_code)]
 
 use e2e::procfs::{alive, daemon_pid};
-use e2e::{lstat, open, pwrite, read, stratafs_bin, sys, unmount, write_fd, Errno, Kind};
+use e2e::random::Rng;
+use e2e::{lstat, open, pwrite, read, run_stratafs_logged, sys, unmount, write_fd, Errno, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -34,30 +35,9 @@ const DEADLINE: Duration = Duration::from_secs(240);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-    }
-}
-
+/// The runs' seed: $CONC_SEED, else a fixed one. The generator is `e2e::random::Rng`
+/// (splitmix64) since this file's own xorshift64* was dropped: a seed gives other data and
+/// operations than it did before that change.
 fn seed() -> u64 {
     std::env::var("CONC_SEED")
         .ok()
@@ -105,15 +85,7 @@ impl Mount {
             self.work.display(),
             e2e::extra_strata_opts()
         );
-        let log = fs::File::create(self.root.join("log")).unwrap();
-        let st = Command::new(stratafs_bin())
-            .args(["-o", &opts])
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
+        let st = run_stratafs_logged(&opts, &self.mnt, &self.root.join("log"));
         assert!(st.success(), "stratafs mount failed");
         self.pid = Some(daemon_pid(&self.mnt));
     }

@@ -9,13 +9,12 @@
 
 #![deny(unsafe_code)]
 
-use e2e::{kernel_mount_with, stratafs_bin, sys, unmount, Errno};
+use e2e::{kernel_mount_with, stratafs_bin, sys, unmount, Errno, Scratch};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const LOWER: &[u8] = b"lower data, long enough to be read in two parts\n";
 
@@ -24,27 +23,20 @@ struct Stack {
     upper: PathBuf,
     work: PathBuf,
     mnt: PathBuf,
-    root: PathBuf,
+    /// Unmounts what is left and removes the directories on drop (after `Stack`'s own drop).
+    _scratch: Scratch,
 }
 
 impl Stack {
     fn new(tag: &str) -> Stack {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "e2e-passthrough-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let scratch = Scratch::new("e2e-passthrough", tag);
         let s = Stack {
-            lower: root.join("l"),
-            upper: root.join("u"),
-            work: root.join("w"),
-            mnt: root.join("m"),
-            root,
+            lower: scratch.dir("l"),
+            upper: scratch.dir("u"),
+            work: scratch.dir("w"),
+            mnt: scratch.dir("m"),
+            _scratch: scratch,
         };
-        for d in [&s.lower, &s.upper, &s.work, &s.mnt] {
-            fs::create_dir_all(d).unwrap();
-        }
         fs::write(s.lower.join("f"), LOWER).unwrap();
         fs::write(s.lower.join("g"), LOWER).unwrap();
         s
@@ -83,7 +75,6 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = unmount(&self.mnt);
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 

@@ -318,3 +318,16 @@ impl<'a> Run<'a> {
         }
     }
 }
+
+/// Runs `ops` on a fresh pair of `layers` in the base directory "q", then the final checks:
+/// the body of a reproducer ([`reproducer`]; tests/tests/regressions.rs).
+#[track_caller]
+pub fn replay(name: &str, layers: &Layers, ops: impl IntoIterator<Item = Op>) {
+    let pair = Pair::new(name, layers);
+    let mut run = Run::new(&pair, "q");
+    for op in ops {
+        run.step(op);
+    }
+    drop(run);
+    pair.finish();
+}

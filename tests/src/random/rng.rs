@@ -1,4 +1,5 @@
 //! Random numbers: splitmix64 (tiny, deterministic, no dependency) and the per-sequence seeds.
+//! The one seeded generator of the e2e crate (random_diff, crash, concurrency).
 
 /// A small deterministic random number generator (splitmix64).
 #[derive(Clone, Debug)]
@@ -29,6 +30,14 @@ impl Rng {
 
     pub fn pick<T: Clone>(&mut self, v: &[T]) -> T {
         v[self.below(v.len() as u64) as usize].clone()
+    }
+
+    /// Fills `buf` with random bytes (one draw per 8 bytes, little-endian).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let x = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&x[..c.len()]);
+        }
     }
 
     /// Index into `weights`, chosen proportionally.

@@ -338,13 +338,14 @@ pub fn reproducer(seq: &Seq, f: &Failure) -> String {
         let _ = writeln!(s, "        .upper(\n            {},\n        )", layer(u));
     }
     let _ = writeln!(s, "        ;");
-    let _ = writeln!(s, "    let pair = Pair::new({:?}, &layers);", name);
-    let _ = writeln!(s, "    let mut run = Run::new(&pair, \"q\");");
+    let _ = writeln!(
+        s,
+        "    replay(\n        {name:?},\n        &layers,\n        ["
+    );
     for op in &seq.ops {
-        let _ = writeln!(s, "    run.step({});", op.rust());
+        let _ = writeln!(s, "            {},", op.rust());
     }
-    let _ = writeln!(s, "    drop(run);");
-    let _ = writeln!(s, "    pair.finish();");
+    let _ = writeln!(s, "        ],\n    );");
     let _ = writeln!(s, "}}");
     s
 }
