@@ -327,9 +327,9 @@ fn set_times_at(dirfd: RawFd, t: (i64, i64)) {
                 tv_nsec: t.1,
             },
         ];
-        let r =
-            unsafe { libc::utimensat(dirfd, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-        assert_eq!(r, 0, "utimensat {name}: {}", Errno::last());
+        if let Err(e) = utimensat(dirfd, &c, &ts, libc::AT_SYMLINK_NOFOLLOW) {
+            panic!("utimensat {name}: {e}");
+        }
     }
 }
 

@@ -30,6 +30,8 @@
 //! with one `lowerdir+` per layer, so there is no option-length limit; lower snapshots exclude
 //! atime (reads legitimately update it through both implementations).
 
+#![deny(unsafe_code)]
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +39,7 @@ use std::time::Duration;
 pub use nix::errno::Errno;
 pub use ops::*;
 
-// Randomized differential testing (generator, runner, shrinker): see tests/src/random.rs.
+// Randomized differential testing (generator, runner, shrinker): see tests/src/random/.
 pub mod random;
 
 // /proc helpers (daemon pids, fds, RSS, drop_caches, wait_until) shared by the test files.
@@ -63,12 +65,16 @@ mod layers;
 mod mount;
 pub mod ops;
 mod pair;
+mod scratch;
 mod snapshot;
-mod sys;
+// Safe wrappers of the raw syscalls: the only module allowed to contain `unsafe`.
+#[allow(unsafe_code)]
+pub mod sys;
 
 pub use layers::*;
 pub use mount::*;
 pub(crate) use pair::panic_msg;
 pub use pair::*;
+pub use scratch::*;
 pub use snapshot::*;
 use sys::*;

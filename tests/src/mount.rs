@@ -4,9 +4,9 @@
 use crate::*;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub(crate) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -21,10 +21,16 @@ pub fn extra_strata_opts() -> String {
     }
 }
 
-/// Location of the stratafs binary: $STRATAFS_BIN, else target/debug/stratafs next to the
+/// Location of the stratafs binary: $STRATAFS_BIN, else target/<profile>/stratafs next to the
 /// test binary's deps directory.
 pub fn stratafs_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATAFS_BIN") {
+    target_bin("stratafs", "STRATAFS_BIN", "cargo build --workspace")
+}
+
+/// A binary of the workspace: $`env`, else target/<profile>/`name` next to the test binary's
+/// deps directory, which must exist (else the panic says to run `build`).
+pub fn target_bin(name: &str, env: &str, build: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -32,20 +38,30 @@ pub fn stratafs_bin() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test binary is expected in target/<profile>/deps");
-    let bin = dir.join("stratafs");
-    if !bin.exists() {
+    let bin = dir.join(name);
+    if !bin.is_file() {
         panic!(
-            "stratafs binary not found at {} (set STRATAFS_BIN or run `cargo build --workspace` first)",
+            "{name} binary not found at {} (set {env} or run `{build}` first)",
             bin.display()
         );
     }
     bin
 }
 
-fn fsconfig_str(fd: RawFd, key: &str, val: &str) -> R<()> {
-    let (k, v) = (cstr(key), cstr(val));
-    cvt_l(unsafe { libc::syscall(libc::SYS_fsconfig, fd, 1u32, k.as_ptr(), v.as_ptr(), 0) })
-        .map(drop)
+/// Runs `stratafs -o OPTS MNT` (which returns once the mount is ready, leaving the daemon
+/// behind) with stdin from /dev/null, stdout and stderr into the new file `log`.
+pub fn run_stratafs_logged(opts: &str, mnt: &Path, log: &Path) -> ExitStatus {
+    let bin = stratafs_bin();
+    let out = fs::File::create(log).expect("create daemon log");
+    Command::new(&bin)
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup log"))
+        .stderr(out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 /// Mounts a kernel overlay through the new mount API (fsopen/fsconfig "lowerdir+"/fsmount/
@@ -66,105 +82,48 @@ pub fn kernel_mount_with(
     flags: &[&str],
     mnt: &Path,
 ) -> Result<(), String> {
-    let name = cstr("overlay");
-    let fsfd = cvt_l(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1u32) })
-        .map_err(|e| format!("fsopen overlay: {e}"))?;
-    let fsfd = unsafe { OwnedFd::from_raw_fd(fsfd as RawFd) };
+    let fsfd = fsopen("overlay").map_err(|e| format!("fsopen overlay: {e}"))?;
     let f = fsfd.as_raw_fd();
     let msgs = || {
         let mut s = String::new();
         let mut buf = [0u8; 1024];
-        loop {
-            let n = unsafe { libc::read(f, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            s.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
+        while let Ok(n @ 1..) = read_buf(f, &mut buf) {
+            s.push_str(&String::from_utf8_lossy(&buf[..n]));
             s.push(' ');
         }
         s
     };
     for l in lowers {
-        fsconfig_str(f, "lowerdir+", l.to_str().unwrap())
+        fsconfig_string(f, "lowerdir+", l.to_str().unwrap())
             .map_err(|e| format!("fsconfig lowerdir+={}: {e} {}", l.display(), msgs()))?;
     }
     if let Some((u, w)) = upper_work {
-        fsconfig_str(f, "upperdir", u.to_str().unwrap())
+        fsconfig_string(f, "upperdir", u.to_str().unwrap())
             .map_err(|e| format!("fsconfig upperdir: {e} {}", msgs()))?;
-        fsconfig_str(f, "workdir", w.to_str().unwrap())
+        fsconfig_string(f, "workdir", w.to_str().unwrap())
             .map_err(|e| format!("fsconfig workdir: {e} {}", msgs()))?;
     }
     for flag in flags {
-        let k = cstr(flag);
-        // FSCONFIG_SET_FLAG = 0
-        cvt_l(unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                f,
-                0u32,
-                k.as_ptr(),
-                std::ptr::null::<libc::c_char>(),
-                0,
-            )
-        })
-        .map_err(|e| format!("fsconfig {flag}: {e} {}", msgs()))?;
+        fsconfig_flag(f, flag).map_err(|e| format!("fsconfig {flag}: {e} {}", msgs()))?;
     }
-    cvt_l(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            f,
-            6u32,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })
-    .map_err(|e| format!("fsconfig create: {e} {} (see dmesg)", msgs()))?;
-    let mfd = cvt_l(unsafe { libc::syscall(libc::SYS_fsmount, f, 1u32, 0u32) })
-        .map_err(|e| format!("fsmount: {e}"))?;
-    let mfd = unsafe { OwnedFd::from_raw_fd(mfd as RawFd) };
-    let (empty, target) = (cstr(""), cpath(mnt));
-    cvt_l(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mfd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            4u32, // MOVE_MOUNT_F_EMPTY_PATH
-        )
-    })
-    .map_err(|e| format!("move_mount {}: {e}", mnt.display()))?;
+    fsconfig_create(f).map_err(|e| format!("fsconfig create: {e} {} (see dmesg)", msgs()))?;
+    let mfd = fsmount(f).map_err(|e| format!("fsmount: {e}"))?;
+    move_mount(&mfd, mnt).map_err(|e| format!("move_mount {}: {e}", mnt.display()))?;
     Ok(())
-}
-
-fn is_mountpoint(p: &Path) -> bool {
-    let want = p.to_str().unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want))
 }
 
 /// Unmounts (retrying on EBUSY, then lazily). Returns an error description if even the lazy
 /// unmount failed.
 pub fn unmount(mnt: &Path) -> Result<(), String> {
-    let c = cpath(mnt);
     for _ in 0..50 {
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return Ok(());
-        }
-        match Errno::last() {
-            Errno::EBUSY => std::thread::sleep(Duration::from_millis(20)),
-            Errno::EINVAL if !is_mountpoint(mnt) => return Ok(()),
-            e => return Err(format!("umount {}: {e}", mnt.display())),
+        match umount2(mnt, 0) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+            Err(Errno::EINVAL) if !procfs::mounted_at(mnt) => return Ok(()),
+            Err(e) => return Err(format!("umount {}: {e}", mnt.display())),
         }
     }
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(format!("umount -l {}: {}", mnt.display(), Errno::last()))
-    }
+    umount2(mnt, libc::MNT_DETACH).map_err(|e| format!("umount -l {}: {e}", mnt.display()))
 }
 
 /// Which implementation serves a side.
@@ -278,16 +237,7 @@ impl Side {
         }
         opts.push_str(&extra_strata_opts());
         let log_path = self.set.join(format!("log{}", self.mounts));
-        let log = fs::File::create(&log_path).expect("create daemon log");
-        let status = Command::new(&bin)
-            .arg("-o")
-            .arg(&opts)
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let status = run_stratafs_logged(&opts, &self.mnt, &log_path);
         if !status.success() {
             let mut s = String::new();
             let _ = fs::File::open(&log_path).and_then(|mut f| f.read_to_string(&mut s));
@@ -318,7 +268,7 @@ impl Side {
                     "[{}] stratafs daemon {pid} still alive after unmount: killing it",
                     self.label
                 );
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(pid, libc::SIGKILL);
             }
         }
         r

@@ -4,8 +4,16 @@
 use crate::*;
 use std::fmt;
 use std::hash::Hasher;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+
+// The thin syscall wrappers among the operations live in `sys` (the crate's only unsafe code).
+pub use crate::sys::{
+    access, chmod, chown, fdatasync_fd, fstat_raw, fstatat_raw, fsync_fd, ftruncate, lchown, link,
+    listxattr_size, lremovexattr, lsetxattr, lstat_raw, mkdir, mknod, open, openat, pwrite,
+    readlink, removexattr, rename, rename2, rmdir, setxattr, stat_raw, symlink, truncate, unlink,
+    write_fd, LibcDir,
+};
 
 /// Bytes with a compact Debug (length + hash + head for large contents).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -120,33 +128,6 @@ pub struct Fs {
     pub namelen: i64,
 }
 
-pub fn stat_raw(p: impl AsRef<Path>) -> R<libc::stat> {
-    let c = cpath(p.as_ref());
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::stat(c.as_ptr(), &mut st) })?;
-    Ok(st)
-}
-
-pub fn lstat_raw(p: impl AsRef<Path>) -> R<libc::stat> {
-    let c = cpath(p.as_ref());
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
-    Ok(st)
-}
-
-pub fn fstat_raw(fd: &OwnedFd) -> R<libc::stat> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
-}
-
-pub fn fstatat_raw(dirfd: RawFd, name: &str, flags: i32) -> R<libc::stat> {
-    let c = cstr(name);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstatat(dirfd, c.as_ptr(), &mut st, flags) })?;
-    Ok(st)
-}
-
 pub fn stat(p: impl AsRef<Path>) -> R<St> {
     stat_raw(p).map(|s| St::from_raw(&s))
 }
@@ -177,18 +158,6 @@ pub fn exists(p: impl AsRef<Path>) -> bool {
     lstat_raw(p).is_ok()
 }
 
-pub fn open(p: impl AsRef<Path>, flags: i32, mode: u32) -> R<OwnedFd> {
-    let c = cpath(p.as_ref());
-    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub fn openat(dirfd: RawFd, name: &str, flags: i32, mode: u32) -> R<OwnedFd> {
-    let c = cstr(name);
-    let fd = cvt(unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Opens and closes again (for errno checks and open-triggered copy-up).
 pub fn open_close(p: impl AsRef<Path>, flags: i32, mode: u32) -> R<()> {
     open(p, flags, mode).map(drop)
@@ -199,12 +168,11 @@ pub fn read_fd_all(fd: &OwnedFd) -> R<Data> {
     let mut buf = vec![0u8; 1 << 16];
     let mut off: i64 = 0;
     loop {
-        let n =
-            cvt_s(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })?;
+        let n = pread_buf(fd.as_raw_fd(), &mut buf, off)?;
         if n == 0 {
             break;
         }
-        out.extend_from_slice(&buf[..n as usize]);
+        out.extend_from_slice(&buf[..n]);
         off += n as i64;
     }
     Ok(Data(out))
@@ -212,34 +180,9 @@ pub fn read_fd_all(fd: &OwnedFd) -> R<Data> {
 
 pub fn pread(fd: &OwnedFd, off: u64, len: usize) -> R<Data> {
     let mut buf = vec![0u8; len];
-    let n =
-        cvt_s(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, off as i64) })?;
-    buf.truncate(n as usize);
+    let n = pread_buf(fd.as_raw_fd(), &mut buf, off as i64)?;
+    buf.truncate(n);
     Ok(Data(buf))
-}
-
-pub fn pwrite(fd: &OwnedFd, off: u64, data: &[u8]) -> R<usize> {
-    let n = cvt_s(unsafe {
-        libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off as i64)
-    })?;
-    Ok(n as usize)
-}
-
-pub fn write_fd(fd: &OwnedFd, data: &[u8]) -> R<usize> {
-    let n = cvt_s(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })?;
-    Ok(n as usize)
-}
-
-pub fn fsync_fd(fd: &OwnedFd) -> R<()> {
-    cvt(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
-}
-
-pub fn fdatasync_fd(fd: &OwnedFd) -> R<()> {
-    cvt(unsafe { libc::fdatasync(fd.as_raw_fd()) }).map(drop)
-}
-
-pub fn ftruncate(fd: &OwnedFd, len: u64) -> R<()> {
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }).map(drop)
 }
 
 /// Whole contents of a file.
@@ -279,16 +222,10 @@ pub fn append(p: impl AsRef<Path>, data: impl AsRef<[u8]>) -> R<usize> {
     write_fd(&fd, data.as_ref())
 }
 
-pub fn truncate(p: impl AsRef<Path>, len: u64) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::truncate(c.as_ptr(), len as i64) }).map(drop)
-}
-
 /// Raw directory listing of an fd with getdents64 (entries in order, with d_type and d_off).
 pub fn getdents(fd: RawFd, bufsize: usize) -> R<Vec<(String, u8, i64)>> {
     let mut buf = vec![0u8; bufsize];
-    let n = cvt_l(unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) })?
-        as usize;
+    let n = getdents64(fd, &mut buf)?;
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < n {
@@ -309,7 +246,7 @@ pub fn getdents(fd: RawFd, bufsize: usize) -> R<Vec<(String, u8, i64)>> {
 
 /// Full listing of an open directory fd (from offset 0), including "." and "..".
 pub fn list_fd(fd: RawFd) -> R<Vec<(String, u8)>> {
-    cvt_l(unsafe { libc::lseek(fd, 0, libc::SEEK_SET) })?;
+    lseek(fd, 0, libc::SEEK_SET)?;
     let mut out = Vec::new();
     loop {
         let batch = getdents(fd, 32 * 1024)?;
@@ -349,11 +286,6 @@ pub fn readdir_types(p: impl AsRef<Path>) -> R<Vec<(String, u8)>> {
     Ok(v)
 }
 
-pub fn mkdir(p: impl AsRef<Path>, mode: u32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::mkdir(c.as_ptr(), mode) }).map(drop)
-}
-
 /// mkdir -p (mode 0755 for created components).
 pub fn mkdir_p(p: impl AsRef<Path>) -> R<()> {
     let p = p.as_ref();
@@ -370,66 +302,10 @@ pub fn mkdir_p(p: impl AsRef<Path>) -> R<()> {
     mkdir(p, 0o755)
 }
 
-pub fn rmdir(p: impl AsRef<Path>) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::rmdir(c.as_ptr()) }).map(drop)
-}
-
-pub fn unlink(p: impl AsRef<Path>) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
-}
-
-pub fn rename(a: impl AsRef<Path>, b: impl AsRef<Path>) -> R<()> {
-    let (ca, cb) = (cpath(a.as_ref()), cpath(b.as_ref()));
-    cvt(unsafe { libc::rename(ca.as_ptr(), cb.as_ptr()) }).map(drop)
-}
-
+/// Flags of `rename2` (renameat2(2)).
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 pub const RENAME_WHITEOUT: u32 = 4;
-
-/// renameat2(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
-pub fn rename2(a: impl AsRef<Path>, b: impl AsRef<Path>, flags: u32) -> R<()> {
-    let (ca, cb) = (cpath(a.as_ref()), cpath(b.as_ref()));
-    cvt_l(unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
-}
-
-/// link(existing, new)
-pub fn link(existing: impl AsRef<Path>, new: impl AsRef<Path>) -> R<()> {
-    let (ca, cb) = (cpath(existing.as_ref()), cpath(new.as_ref()));
-    cvt(unsafe { libc::link(ca.as_ptr(), cb.as_ptr()) }).map(drop)
-}
-
-/// symlink(target, linkpath)
-pub fn symlink(target: &str, p: impl AsRef<Path>) -> R<()> {
-    let (ct, cp) = (cstr(target), cpath(p.as_ref()));
-    cvt(unsafe { libc::symlink(ct.as_ptr(), cp.as_ptr()) }).map(drop)
-}
-
-pub fn readlink(p: impl AsRef<Path>) -> R<String> {
-    let c = cpath(p.as_ref());
-    let mut buf = vec![0u8; 8192];
-    let n = cvt_s(unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// mknod with full mode (type bits included) and device numbers.
-pub fn mknod(p: impl AsRef<Path>, mode: u32, major: u32, minor: u32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) }).map(drop)
-}
 
 pub fn mkfifo(p: impl AsRef<Path>, mode: u32) -> R<()> {
     mknod(p, libc::S_IFIFO | mode, 0, 0)
@@ -447,43 +323,7 @@ pub fn mksock(p: impl AsRef<Path>) -> R<()> {
         dfd.as_raw_fd(),
         name.to_string_lossy()
     );
-    let sock =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = short.as_bytes();
-    assert!(
-        bytes.len() < addr.sun_path.len(),
-        "socket path too long: {short}"
-    );
-    for (i, b) in bytes.iter().enumerate() {
-        addr.sun_path[i] = *b as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    cvt(unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    })
-    .map(drop)
-}
-
-pub fn chmod(p: impl AsRef<Path>, mode: u32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::chmod(c.as_ptr(), mode) }).map(drop)
-}
-
-pub fn chown(p: impl AsRef<Path>, uid: u32, gid: u32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::chown(c.as_ptr(), uid, gid) }).map(drop)
-}
-
-pub fn lchown(p: impl AsRef<Path>, uid: u32, gid: u32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::lchown(c.as_ptr(), uid, gid) }).map(drop)
+    bind_unix(&short)
 }
 
 /// A timestamp argument of utimensat.
@@ -512,9 +352,7 @@ fn ts(t: Ts) -> libc::timespec {
 }
 
 fn utimens_flags(p: &Path, atime: Ts, mtime: Ts, flags: i32) -> R<()> {
-    let c = cpath(p);
-    let t = [ts(atime), ts(mtime)];
-    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), flags) }).map(drop)
+    utimensat(libc::AT_FDCWD, &cpath(p), &[ts(atime), ts(mtime)], flags)
 }
 
 /// utimensat following symlinks.
@@ -527,29 +365,9 @@ pub fn lutimens(p: impl AsRef<Path>, atime: Ts, mtime: Ts) -> R<()> {
     utimens_flags(p.as_ref(), atime, mtime, libc::AT_SYMLINK_NOFOLLOW)
 }
 
-pub fn setxattr(p: impl AsRef<Path>, name: &str, val: impl AsRef<[u8]>, flags: i32) -> R<()> {
-    let (c, n, v) = (cpath(p.as_ref()), cstr(name), val.as_ref());
-    cvt(unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), flags) })
-        .map(drop)
-}
-
-pub fn lsetxattr(p: impl AsRef<Path>, name: &str, val: impl AsRef<[u8]>, flags: i32) -> R<()> {
-    let (c, n, v) = (cpath(p.as_ref()), cstr(name), val.as_ref());
-    cvt(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), flags) })
-        .map(drop)
-}
-
 fn getxattr_impl(p: &Path, name: &str, follow: bool) -> R<Data> {
-    let (c, n) = (cpath(p), cstr(name));
     let mut buf = vec![0u8; 65536];
-    let r = unsafe {
-        if follow {
-            libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        } else {
-            libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        }
-    };
-    let len = cvt_s(r)? as usize;
+    let len = getxattr_buf(p, name, follow, &mut buf)?;
     buf.truncate(len);
     Ok(Data(buf))
 }
@@ -573,16 +391,8 @@ fn split_names(buf: &[u8]) -> Vec<String> {
 }
 
 fn listxattr_impl(p: &Path, follow: bool) -> R<Vec<String>> {
-    let c = cpath(p);
     let mut buf = vec![0u8; 65536];
-    let r = unsafe {
-        if follow {
-            libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        } else {
-            libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        }
-    };
-    let len = cvt_s(r)? as usize;
+    let len = listxattr_buf(p, follow, &mut buf)?;
     Ok(split_names(&buf[..len]))
 }
 
@@ -593,22 +403,6 @@ pub fn listxattr(p: impl AsRef<Path>) -> R<Vec<String>> {
 
 pub fn llistxattr(p: impl AsRef<Path>) -> R<Vec<String>> {
     listxattr_impl(p.as_ref(), false)
-}
-
-/// Size reported by listxattr(path, NULL, 0).
-pub fn listxattr_size(p: impl AsRef<Path>) -> R<usize> {
-    let c = cpath(p.as_ref());
-    cvt_s(unsafe { libc::listxattr(c.as_ptr(), std::ptr::null_mut(), 0) }).map(|n| n as usize)
-}
-
-pub fn removexattr(p: impl AsRef<Path>, name: &str) -> R<()> {
-    let (c, n) = (cpath(p.as_ref()), cstr(name));
-    cvt(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
-}
-
-pub fn lremovexattr(p: impl AsRef<Path>, name: &str) -> R<()> {
-    let (c, n) = (cpath(p.as_ref()), cstr(name));
-    cvt(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
 }
 
 /// Opens read-write, fsyncs and fdatasyncs.
@@ -625,9 +419,7 @@ pub fn fsync_ro(p: impl AsRef<Path>) -> R<()> {
 }
 
 pub fn statfs(p: impl AsRef<Path>) -> R<Fs> {
-    let c = cpath(p.as_ref());
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::statfs(c.as_ptr(), &mut s) })?;
+    let s = statfs_raw(p)?;
     Ok(Fs {
         ftype: s.f_type,
         bsize: s.f_bsize,
@@ -639,11 +431,6 @@ pub fn statfs(p: impl AsRef<Path>) -> R<Fs> {
         ffree: s.f_ffree,
         namelen: s.f_namelen,
     })
-}
-
-pub fn access(p: impl AsRef<Path>, mode: i32) -> R<()> {
-    let c = cpath(p.as_ref());
-    cvt(unsafe { libc::access(c.as_ptr(), mode) }).map(drop)
 }
 
 /// rm -rf through ordinary path operations (returns the first error).
@@ -665,8 +452,7 @@ pub fn rm_rf(p: impl AsRef<Path>) -> R<()> {
 pub fn mkdir_chain(base: impl AsRef<Path>, names: &[String]) -> R<()> {
     let mut dir = open(base, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     for n in names {
-        let c = cstr(n);
-        match cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) }) {
+        match mkdirat(dir.as_raw_fd(), n, 0o755) {
             Ok(_) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(e),
         }
@@ -709,18 +495,16 @@ pub fn rm_chain(base: impl AsRef<Path>, names: &[String]) -> R<()> {
             if n == "." || n == ".." {
                 continue;
             }
-            let c = cstr(&n);
             let st = fstatat_raw(child.as_raw_fd(), &n, libc::AT_SYMLINK_NOFOLLOW)?;
             let flag = if Kind::of_mode(st.st_mode) == Kind::Dir {
                 libc::AT_REMOVEDIR
             } else {
                 0
             };
-            cvt(unsafe { libc::unlinkat(child.as_raw_fd(), c.as_ptr(), flag) })?;
+            unlinkat(child.as_raw_fd(), &n, flag)?;
         }
         drop(child);
-        let c = cstr(&names[depth]);
-        cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })?;
+        unlinkat(parent.as_raw_fd(), &names[depth], libc::AT_REMOVEDIR)?;
     }
     Ok(())
 }
@@ -747,68 +531,6 @@ pub fn observe(p: impl AsRef<Path>) -> Obs {
     }
 }
 
-/// A directory stream of libc (opendir/readdir/telldir/seekdir/rewinddir).
-pub struct LibcDir(*mut libc::DIR);
-
-impl LibcDir {
-    pub fn open(p: impl AsRef<Path>) -> R<LibcDir> {
-        let c = cpath(p.as_ref());
-        let d = unsafe { libc::opendir(c.as_ptr()) };
-        if d.is_null() {
-            Err(Errno::last())
-        } else {
-            Ok(LibcDir(d))
-        }
-    }
-
-    /// Next name (including "." and ".."), None at the end.
-    pub fn next_name(&mut self) -> Option<String> {
-        unsafe {
-            let e = libc::readdir(self.0);
-            if e.is_null() {
-                return None;
-            }
-            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
-            Some(name.to_string_lossy().into_owned())
-        }
-    }
-
-    /// Up to n names, skipping "." and "..".
-    pub fn take(&mut self, n: usize) -> Vec<String> {
-        let mut v = Vec::new();
-        while v.len() < n {
-            match self.next_name() {
-                Some(x) if x == "." || x == ".." => continue,
-                Some(x) => v.push(x),
-                None => break,
-            }
-        }
-        v
-    }
-
-    pub fn rest(&mut self) -> Vec<String> {
-        self.take(usize::MAX)
-    }
-
-    pub fn tell(&mut self) -> i64 {
-        unsafe { libc::telldir(self.0) as i64 }
-    }
-
-    pub fn seek(&mut self, pos: i64) {
-        unsafe { libc::seekdir(self.0, pos as libc::c_long) }
-    }
-
-    pub fn rewind(&mut self) {
-        unsafe { libc::rewinddir(self.0) }
-    }
-}
-
-impl Drop for LibcDir {
-    fn drop(&mut self) {
-        unsafe { libc::closedir(self.0) };
-    }
-}
-
 /// Names of a deep directory chain: `levels` names of `name_len` characters each.
 pub fn deep_names(levels: usize, name_len: usize) -> Vec<String> {
     (0..levels)
@@ -830,14 +552,7 @@ pub fn deep_names(levels: usize, name_len: usize) -> Vec<String> {
 pub fn as_user<T: Send>(uid: u32, gid: u32, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|sc| {
         let h = sc.spawn(move || {
-            unsafe {
-                let r = libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>());
-                assert_eq!(r, 0, "setgroups: {}", Errno::last());
-                let r = libc::syscall(libc::SYS_setresgid, gid, gid, gid);
-                assert_eq!(r, 0, "setresgid: {}", Errno::last());
-                let r = libc::syscall(libc::SYS_setresuid, uid, uid, uid);
-                assert_eq!(r, 0, "setresuid: {}", Errno::last());
-            }
+            set_thread_creds(uid, gid);
             f()
         });
         match h.join() {

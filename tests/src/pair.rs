@@ -198,15 +198,7 @@ impl Pair {
     pub fn get_ctx<T: PartialEq + fmt::Debug>(&self, f: impl Fn(&Side) -> T) -> T {
         let k = f(&self.k);
         let s = f(&self.s);
-        trace(&self.name, &k);
-        if k != s {
-            self.fail(format!(
-                "[{}] step at {}: results differ\n  kernel:   {k:?}\n  stratafs: {s:?}",
-                self.name,
-                std::panic::Location::caller()
-            ));
-        }
-        k
+        self.agree(k, s)
     }
 
     /// Like [`Pair::step_ctx`] with per-side state (e.g. open fds from [`Pair::both`]).
@@ -228,6 +220,13 @@ impl Pair {
     ) -> T {
         let k = f(&self.k, &st.k);
         let s = f(&self.s, &st.s);
+        self.agree(k, s)
+    }
+
+    /// The kernel's result `k` of a step, after checking stratafs's `s` equals it (a mismatch
+    /// fails the step at the caller's location).
+    #[track_caller]
+    fn agree<T: PartialEq + fmt::Debug>(&self, k: T, s: T) -> T {
         trace(&self.name, &k);
         if k != s {
             self.fail(format!(

@@ -103,12 +103,11 @@ fn hash_file(fd: &OwnedFd) -> R<Blob> {
     let mut buf = vec![0u8; 1 << 20];
     let mut off: i64 = 0;
     loop {
-        let n =
-            cvt_s(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })?;
+        let n = pread_buf(fd.as_raw_fd(), &mut buf, off)?;
         if n == 0 {
             break;
         }
-        let chunk = &buf[..n as usize];
+        let chunk = &buf[..n];
         if off < 256 {
             small.extend_from_slice(chunk);
         }
@@ -126,36 +125,32 @@ fn hash_file(fd: &OwnedFd) -> R<Blob> {
 }
 
 fn entry_at(dirfd: RawFd, name: &str, st: &libc::stat, opts: &SnapOpts) -> Entry {
-    let mut e = Entry {
-        kind: Kind::of_mode(st.st_mode),
-        perm: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: Some(st.st_size as u64),
-        nlink: Some(st.st_nlink),
+    let blank = |kind| Entry {
+        kind,
+        perm: 0,
+        uid: 0,
+        gid: 0,
+        size: None,
+        nlink: None,
         rdev: None,
         content: None,
         target: None,
         xattrs: BTreeMap::new(),
         times_ino: None,
     };
+    let mut e = Entry {
+        perm: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: Some(st.st_size as u64),
+        nlink: Some(st.st_nlink),
+        ..blank(Kind::of_mode(st.st_mode))
+    };
     if matches!(e.kind, Kind::Char | Kind::Block) {
         e.rdev = Some((libc::major(st.st_rdev), libc::minor(st.st_rdev)));
     }
     if opts.whiteouts && e.kind == Kind::Char && st.st_rdev == 0 {
-        return Entry {
-            kind: Kind::Whiteout,
-            perm: 0,
-            uid: 0,
-            gid: 0,
-            size: None,
-            nlink: None,
-            rdev: None,
-            content: None,
-            target: None,
-            xattrs: BTreeMap::new(),
-            times_ino: None,
-        };
+        return blank(Kind::Whiteout);
     }
     if e.kind == Kind::Dir && !opts.exact {
         e.size = None;
@@ -171,12 +166,10 @@ fn entry_at(dirfd: RawFd, name: &str, st: &libc::stat, opts: &SnapOpts) -> Entry
     e.xattrs = xattrs_at(dirfd, name, opts);
     match e.kind {
         Kind::Symlink => {
-            let c = cstr(name);
             let mut buf = vec![0u8; 8192];
-            let n =
-                unsafe { libc::readlinkat(dirfd, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            assert!(n >= 0, "readlinkat {name}: {}", Errno::last());
-            buf.truncate(n as usize);
+            let n = readlinkat(dirfd, name, &mut buf)
+                .unwrap_or_else(|e| panic!("readlinkat {name}: {e}"));
+            buf.truncate(n);
             let mut t = String::from_utf8_lossy(&buf).into_owned();
             for r in &opts.roots {
                 t = t.replace(r.as_str(), "{SET}");
@@ -239,8 +232,7 @@ pub fn snapshot_with(dir: &Path, opts: &SnapOpts) -> Tree {
     let mut out = Tree::new();
     let fd = ops::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
         .unwrap_or_else(|e| panic!("snapshot: open {}: {e}", dir.display()));
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    let st = fstat_raw(&fd).unwrap_or_else(|e| panic!("snapshot: fstat {}: {e}", dir.display()));
     // The root: xattrs through /proc/self/fd/N.
     let mut root = entry_at(fd.as_raw_fd(), "", &st, &SnapOpts { ..opts.clone() });
     root.xattrs = xattrs_at(fd.as_raw_fd(), "", opts);

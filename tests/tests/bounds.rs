@@ -2,6 +2,8 @@
 //! and deleted through the mount (the kernel forgets unlinked inodes, and the daemon must drop
 //! what it held for them).
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{daemon_pid, drop_caches, fd_count, rss_kib, wait_until};
 use e2e::stratafs_bin;
 use std::fs;

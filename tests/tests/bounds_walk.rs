@@ -10,8 +10,11 @@
 //!
 //! bounds.rs covers 100,000 create/delete cycles; this is the read-only walk.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid, drop_caches, fd_count, rss_kib};
 use e2e::stratafs_bin;
+use e2e::sys::kill;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,7 +42,7 @@ impl Drop for Mount {
             std::thread::sleep(Duration::from_millis(10));
         }
         if alive(self.pid) {
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = kill(self.pid, libc::SIGKILL);
         }
         let _ = fs::remove_dir_all(&self.root);
     }

@@ -4,167 +4,38 @@
 //!
 //! Runs as root against the real binary: `cargo build --workspace && cargo test --workspace`.
 
+#![deny(unsafe_code)]
+
+use e2e::procfs::{self, daemons_mentioning, mounted_at, mounts, MountEntry};
+use e2e::{assert_root, stratafs_bin, Scratch};
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-// ---- helpers (kept in this file on purpose: the test files are self-contained) ----
+// ---- helpers (scratch dirs, the binary and the mount table come from the harness) ----
 
-/// The binary under test: $STRATAFS_BIN, else target/<profile>/stratafs next to this test.
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATAFS_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("stratafs"))
-        .expect("test binary lives in target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build --workspace` first (or set STRATAFS_BIN)",
-        path.display()
-    );
-    path
-}
-
-fn assert_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests mount filesystems and must run as root"
-    );
-}
-
-/// A unique directory under the temp dir; on drop, lazily unmounts anything still mounted
-/// below it (a failed test must not leave mounts behind) and removes it.
-struct Scratch {
-    root: PathBuf,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "stratafs-cli-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch {
-            root: std::fs::canonicalize(&dir).unwrap(),
-        }
-    }
-
-    fn dir(&self, rel: &str) -> PathBuf {
-        let p = self.root.join(rel);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-
-    fn file(&self, rel: &str) -> PathBuf {
-        let p = self.root.join(rel);
-        std::fs::write(&p, b"x\n").unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let mut mounts: Vec<PathBuf> = mount_points()
-            .into_iter()
-            .filter(|m| m.starts_with(&self.root))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 3 < field.len() {
-            let o = &field[i + 1..i + 4];
-            if o.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
-/// (mountpoint, mount options, fstype, source) of every mount, oldest first.
-fn mounts() -> Vec<(PathBuf, String, String, String)> {
-    let info = std::fs::read("/proc/self/mountinfo").unwrap();
-    let mut out = Vec::new();
-    for line in info.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        let text = |f: &[u8]| String::from_utf8_lossy(&unescape_octal(f)).into_owned();
-        out.push((
-            PathBuf::from(OsStr::from_bytes(&unescape_octal(fields[4]))),
-            text(fields[5]),
-            text(fields[sep + 1]),
-            text(fields[sep + 2]),
-        ));
-    }
-    out
-}
-
-fn mount_points() -> Vec<PathBuf> {
-    mounts().into_iter().map(|m| m.0).collect()
-}
-
-fn mounted_at(path: &Path) -> bool {
-    mount_points().iter().any(|m| m == path)
+/// A scratch directory of this file's tests.
+fn scratch(name: &str) -> Scratch {
+    Scratch::new("stratafs-cli", name)
 }
 
 /// Pids of live `stratafs` processes whose command line mentions `needle`.
 fn daemons(needle: &Path) -> Vec<i32> {
-    let needle = needle.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let mut args = cmdline.split(|&b| b == 0);
-        let is_stratafs = args
-            .next()
-            .is_some_and(|a0| a0.ends_with(b"stratafs") || a0.ends_with(b"/proc/self/exe"));
-        if is_stratafs && cmdline.windows(needle.len()).any(|w| w == needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    daemons_mentioning(needle, &[b"stratafs", b"/proc/self/exe"])
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    procfs::wait_until(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        cond,
+    );
 }
 
 fn stratafs(args: &[&OsStr]) -> Output {
-    Command::new(bin()).args(args).output().unwrap()
+    Command::new(stratafs_bin()).args(args).output().unwrap()
 }
 
 fn o(s: &str) -> &OsStr {
@@ -210,7 +81,7 @@ fn p(path: &Path) -> String {
 
 #[test]
 fn missing_lowerdir_option() {
-    let s = Scratch::new("nolower");
+    let s = scratch("nolower");
     let (u, w, m) = (s.dir("u"), s.dir("w"), s.dir("m"));
     reject(
         &format!("upperdir={},workdir={}", p(&u), p(&w)),
@@ -223,7 +94,7 @@ fn missing_lowerdir_option() {
 
 #[test]
 fn missing_lower_layer() {
-    let s = Scratch::new("missinglower");
+    let s = scratch("missinglower");
     let (l, m) = (s.dir("l"), s.dir("m"));
     let missing = s.root.join("does-not-exist");
     reject(
@@ -235,8 +106,8 @@ fn missing_lower_layer() {
 
 #[test]
 fn lower_layer_is_a_file() {
-    let s = Scratch::new("filelower");
-    let (f, m) = (s.file("plain"), s.dir("m"));
+    let s = scratch("filelower");
+    let (f, m) = (s.file("plain", "x\n"), s.dir("m"));
     reject(
         &format!("lowerdir={}", p(&f)),
         &m,
@@ -246,7 +117,7 @@ fn lower_layer_is_a_file() {
 
 #[test]
 fn missing_upper_and_work_layers() {
-    let s = Scratch::new("missingupper");
+    let s = scratch("missingupper");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     let missing = s.root.join("nope");
     reject(
@@ -273,7 +144,7 @@ fn missing_upper_and_work_layers() {
 
 #[test]
 fn upperdir_without_workdir_and_reverse() {
-    let s = Scratch::new("pair");
+    let s = scratch("pair");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     reject(
         &format!("lowerdir={},upperdir={}", p(&l), p(&u)),
@@ -289,7 +160,7 @@ fn upperdir_without_workdir_and_reverse() {
 
 /// `lowerdir=L,upperdir=U,workdir=W` rejected, message naming both overlapping layers.
 fn reject_overlap(name: &str, l: &str, u: &str, w: &str, needles: &[&str]) {
-    let s = Scratch::new(name);
+    let s = scratch(name);
     let m = s.dir("m");
     let (l, u, w) = (s.dir(l), s.dir(u), s.dir(w));
     let needles: Vec<String> = needles
@@ -400,7 +271,7 @@ fn upper_equals_lower() {
 #[test]
 fn overlap_through_a_symlink_is_seen() {
     // Paths are compared after canonicalization.
-    let s = Scratch::new("symlink");
+    let s = scratch("symlink");
     let (l, w, m) = (s.dir("l"), s.dir("w"), s.dir("m"));
     s.dir("l/u");
     let link = s.root.join("link-to-upper");
@@ -415,7 +286,7 @@ fn overlap_through_a_symlink_is_seen() {
 #[test]
 fn workdir_on_another_filesystem() {
     assert_root();
-    let s = Scratch::new("xdev");
+    let s = scratch("xdev");
     let (l, u, m) = (s.dir("l"), s.dir("u"), s.dir("m"));
     let other = s.dir("tmpfs");
     let status = Command::new("mount")
@@ -436,7 +307,7 @@ fn workdir_on_another_filesystem() {
 
 #[test]
 fn missing_mountpoint() {
-    let s = Scratch::new("nomnt");
+    let s = scratch("nomnt");
     let l = s.dir("l");
     let m = s.root.join("no-such-mountpoint");
     reject(
@@ -450,8 +321,8 @@ fn missing_mountpoint() {
 
 #[test]
 fn mountpoint_is_a_file() {
-    let s = Scratch::new("filemnt");
-    let (l, m) = (s.dir("l"), s.file("plain"));
+    let s = scratch("filemnt");
+    let (l, m) = (s.dir("l"), s.file("plain", "x\n"));
     reject(
         &format!("lowerdir={}", p(&l)),
         &m,
@@ -461,7 +332,7 @@ fn mountpoint_is_a_file() {
 
 #[test]
 fn unknown_option() {
-    let s = Scratch::new("unknown");
+    let s = scratch("unknown");
     let (l, m) = (s.dir("l"), s.dir("m"));
     reject(
         &format!("lowerdir={},bogus_option=1", p(&l)),
@@ -478,7 +349,7 @@ fn unknown_option() {
 
 #[test]
 fn volatile_without_upper() {
-    let s = Scratch::new("volatile");
+    let s = scratch("volatile");
     let (l, l2, m) = (s.dir("l"), s.dir("l2"), s.dir("m"));
     // Both drivers: the option only means something for an upper layer.
     for driver in ["fuse", "kernel", "auto"] {
@@ -492,7 +363,7 @@ fn volatile_without_upper() {
 
 #[test]
 fn unknown_flag() {
-    let s = Scratch::new("flag");
+    let s = scratch("flag");
     let (l, m) = (s.dir("l"), s.dir("m"));
     let out = stratafs(&[
         o("--frobnicate"),
@@ -505,7 +376,7 @@ fn unknown_flag() {
 
 #[test]
 fn empty_path_components() {
-    let s = Scratch::new("empty");
+    let s = scratch("empty");
     let (a, b, m) = (s.dir("a"), s.dir("b"), s.dir("m"));
     reject(
         &format!("lowerdir={}::{}", p(&a), p(&b)),
@@ -523,7 +394,7 @@ fn empty_path_components() {
 
 #[test]
 fn bad_driver_value() {
-    let s = Scratch::new("driver");
+    let s = scratch("driver");
     let (l, m) = (s.dir("l"), s.dir("m"));
     reject(
         &format!("lowerdir={},driver=zfs", p(&l)),
@@ -534,7 +405,7 @@ fn bad_driver_value() {
 
 #[test]
 fn bad_threads_value() {
-    let s = Scratch::new("threads");
+    let s = scratch("threads");
     let (l, m) = (s.dir("l"), s.dir("m"));
     reject(&format!("lowerdir={},threads=0", p(&l)), &m, &["threads"]);
 }
@@ -566,8 +437,14 @@ fn mount_check_unmount(args: &[&OsStr], m: &Path) -> (String, String, String) {
         "mount failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let found = mounts().into_iter().rfind(|x| x.0 == m);
-    let Some((_, opts, fstype, source)) = found else {
+    let found = mounts().into_iter().rfind(|x| x.point == m);
+    let Some(MountEntry {
+        opts,
+        fstype,
+        source,
+        ..
+    }) = found
+    else {
         panic!("{} is not mounted", m.display());
     };
     assert_eq!(daemons(m).len(), 1, "one daemon serves the mount");
@@ -581,7 +458,7 @@ fn mount_check_unmount(args: &[&OsStr], m: &Path) -> (String, String, String) {
 #[test]
 fn generic_mount_options_in_helper_form() {
     assert_root();
-    let s = Scratch::new("generic");
+    let s = scratch("generic");
     let (l, m) = (s.dir("l"), s.dir("m"));
     // What mount.fuse3 runs for an fstab line: SOURCE MOUNTPOINT -o OPTIONS.
     let opts = format!("rw,nosuid,nodev,noatime,driver=fuse,lowerdir={}", p(&l));
@@ -599,7 +476,7 @@ fn generic_mount_options_in_helper_form() {
 #[test]
 fn every_generic_option_is_accepted() {
     assert_root();
-    let s = Scratch::new("allgeneric");
+    let s = scratch("allgeneric");
     let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
     let opts = format!(
         "rw,dev,suid,exec,atime,relatime,strictatime,nodiratime,sync,async,dirsync,auto,noauto,\
@@ -622,7 +499,7 @@ fn every_generic_option_is_accepted() {
 #[test]
 fn escaped_layer_paths() {
     assert_root();
-    let s = Scratch::new("escapes");
+    let s = scratch("escapes");
     let (l, m) = (s.dir("odd:name,with\\chars"), s.dir("m"));
     let escaped = p(&l)
         .replace('\\', "\\\\")

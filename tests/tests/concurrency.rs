@@ -14,8 +14,11 @@
 //! No deadlock: every test runs its work in threads and fails if they are not done by a
 //! (generous) deadline. No crash: the daemon still serves at the end. Seeded by CONC_SEED.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid};
-use e2e::{lstat, open, pwrite, read, stratafs_bin, unmount, Errno, Kind};
+use e2e::random::Rng;
+use e2e::{lstat, open, pwrite, read, run_stratafs_logged, sys, unmount, write_fd, Errno, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -32,30 +35,9 @@ const DEADLINE: Duration = Duration::from_secs(240);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-    }
-}
-
+/// The runs' seed: $CONC_SEED, else a fixed one. The generator is `e2e::random::Rng`
+/// (splitmix64) since this file's own xorshift64* was dropped: a seed gives other data and
+/// operations than it did before that change.
 fn seed() -> u64 {
     std::env::var("CONC_SEED")
         .ok()
@@ -103,15 +85,7 @@ impl Mount {
             self.work.display(),
             e2e::extra_strata_opts()
         );
-        let log = fs::File::create(self.root.join("log")).unwrap();
-        let st = Command::new(stratafs_bin())
-            .args(["-o", &opts])
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
+        let st = run_stratafs_logged(&opts, &self.mnt, &self.root.join("log"));
         assert!(st.success(), "stratafs mount failed");
         self.pid = Some(daemon_pid(&self.mnt));
     }
@@ -134,8 +108,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if unmount(&self.mnt).is_err() {
-            let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
         }
         if let Some(pid) = self.pid {
             let t = Instant::now();
@@ -143,7 +116,7 @@ impl Drop for Mount {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if alive(pid) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = sys::kill(pid, libc::SIGKILL);
             }
         }
         let _ = fs::remove_dir_all(&self.root);
@@ -363,8 +336,8 @@ fn simultaneous_first_writes_to_one_lower_file() {
                     .expect("open O_APPEND");
                 for k in 0..5 {
                     let rec = format!("rec {i:03} {name:>4} {k}\n");
-                    let r = unsafe { libc::write(lfd.as_raw_fd(), rec.as_ptr().cast(), rec.len()) };
-                    assert_eq!(r as usize, rec.len(), "append: {}", Errno::last());
+                    let r = write_fd(&lfd, rec.as_bytes());
+                    assert_eq!(r, Ok(rec.len()), "append");
                     records += 1;
                 }
             }

@@ -17,17 +17,19 @@
 //! Seeded: CRASH_SEED (default fixed) makes the kill moments and the operations reproducible
 //! (as far as thread scheduling allows); CRASH_ROUNDS scales the number of kills per scenario.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid};
+use e2e::random::Rng;
 use e2e::{
-    assert_trees_eq, kernel_mount, lstat, open, pwrite, rename2, snapshot, snapshot_with,
-    stratafs_bin, unmount, Blob, Entry, Errno, Kind, SnapOpts, Tree, RENAME_EXCHANGE,
+    assert_trees_eq, kernel_mount, lstat, open, pwrite, rename2, run_stratafs_logged, snapshot,
+    snapshot_with, sys, unmount, Blob, Entry, Errno, Kind, SnapOpts, Tree, RENAME_EXCHANGE,
     RENAME_NOREPLACE,
 };
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,34 +38,9 @@ use std::time::{Duration, Instant};
 // Seeded randomness
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64*: small, seeded, reproducible.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-    }
-}
-
+/// The scenario's seed: $CRASH_SEED, else a fixed one. The generator is `e2e::random::Rng`
+/// (splitmix64) since this file's own xorshift64* was dropped: a seed gives other scenarios
+/// than it did before that change.
 fn seed() -> u64 {
     std::env::var("CRASH_SEED")
         .ok()
@@ -144,16 +121,7 @@ impl Stack {
         );
         self.mounts += 1;
         let log_path = self.root.join(format!("log{}", self.mounts));
-        let log = fs::File::create(&log_path).unwrap();
-        let st = Command::new(stratafs_bin())
-            .arg("-o")
-            .arg(&opts)
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .unwrap();
+        let st = run_stratafs_logged(&opts, &self.mnt, &log_path);
         if !st.success() {
             panic!(
                 "stratafs mount failed ({st}): {}",
@@ -190,7 +158,9 @@ impl Stack {
     fn kill(&mut self) {
         assert_eq!(self.mounted, Mounted::Strata);
         let pid = self.pid.take().expect("daemon pid");
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+        if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+            panic!("kill {pid}: {e}");
+        }
         wait_gone(pid);
         // ENOTCONN; ECONNABORTED when the kernel aborted the connection with requests pending;
         // ECANCELED over io_uring (see is_dead).
@@ -199,18 +169,26 @@ impl Stack {
             matches!(r, Err(e) if is_dead(e)),
             "a mount whose daemon was killed answers ENOTCONN, not {r:?}"
         );
-        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-        assert_eq!(
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) },
-            0,
-            "umount -l: {}",
-            Errno::last()
-        );
+        if let Err(e) = sys::umount2(&self.mnt, libc::MNT_DETACH) {
+            panic!("umount -l: {e}");
+        }
         self.mounted = Mounted::No;
     }
 
     fn work_entries(&self) -> Vec<String> {
         list(&self.work.join("work"))
+    }
+
+    /// Unmounts and checks the lower layers are as in `before` (a [`Stack::lower_snapshot`]).
+    fn umount_lowers_unchanged(&mut self, before: &Tree) {
+        self.umount();
+        assert_trees_eq(
+            "lower layers modified",
+            "before",
+            before,
+            "after",
+            &self.lower_snapshot(),
+        );
     }
 
     fn lower_snapshot(&self) -> Tree {
@@ -235,14 +213,13 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = sys::kill(pid, libc::SIGKILL);
             wait_gone(pid);
         }
         if self.mounted != Mounted::No {
             let _ = unmount(&self.mnt);
         }
-        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
         let still = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .contains(self.root.to_str().unwrap());
@@ -527,7 +504,7 @@ fn crash_during_copy_up_of_large_files() {
     // Copy-up time is proportional to the size; kills land in [0, 1.25 x expected].
     let n = rounds(12);
     for round in 0..n {
-        let (name, layer) = *rng.pick(&files);
+        let (name, layer) = rng.pick(&files);
         let len = fs::metadata(s.lowers[layer].join("d").join(name))
             .unwrap()
             .len() as usize;
@@ -606,14 +583,7 @@ fn crash_during_copy_up_of_large_files() {
             s.mount_strata();
         }
     }
-    s.umount();
-    assert_trees_eq(
-        "lower layers modified",
-        "before",
-        &lower0,
-        "after",
-        &s.lower_snapshot(),
-    );
+    s.umount_lowers_unchanged(&lower0);
     eprintln!(
         "copy-up: {stats:?}, kills during a copy-up: {hit_mid_copy}, seed {seed}, {:?}",
         t0.elapsed()
@@ -805,14 +775,14 @@ fn gen_op(rng: &mut Rng, s: &State, tag: &str, renames_only: bool) -> Op {
         .cloned()
         .collect();
     if renames_only {
-        let a = rng.pick(&present).clone();
+        let a = rng.pick(&present);
         let r = rng.below(10);
         if r < 6 && !absent.is_empty() {
-            return Op::Rename(a, rng.pick(&absent).clone(), 0);
+            return Op::Rename(a, rng.pick(&absent), 0);
         }
-        let b = rng.pick(&present).clone();
+        let b = rng.pick(&present);
         if a == b && !absent.is_empty() {
-            return Op::Rename(a, rng.pick(&absent).clone(), RENAME_NOREPLACE);
+            return Op::Rename(a, rng.pick(&absent), RENAME_NOREPLACE);
         }
         return match r {
             6..=8 => Op::Rename(a, b, RENAME_EXCHANGE),
@@ -822,20 +792,20 @@ fn gen_op(rng: &mut Rng, s: &State, tag: &str, renames_only: bool) -> Op {
     loop {
         match rng.below(10) {
             0..=5 => {
-                let f = rng.pick(&files).clone();
+                let f = rng.pick(&files);
                 match s.get(&f) {
                     None => return Op::Create(f, content(tag)),
                     Some(Node::File(_)) => match rng.below(5) {
                         0 | 1 => return Op::Unlink(f),
                         2 => return Op::Overwrite(f, content(tag)),
                         3 => {
-                            let to = rng.pick(&files).clone();
+                            let to = rng.pick(&files);
                             if to != f && !matches!(s.get(&to), Some(Node::Dir(_))) {
                                 return Op::Rename(f, to, 0);
                             }
                         }
                         _ => {
-                            let to = rng.pick(&present).clone();
+                            let to = rng.pick(&present);
                             if to != f {
                                 return Op::Rename(f, to, RENAME_EXCHANGE);
                             }
@@ -1009,7 +979,7 @@ fn run_storm(name: &str, workers: usize, renames_only: bool, default_rounds: usi
             progs.push(prog.clone());
             let start = state_of(&view, &format!("w{t}"));
             let dir = s.mnt.join(format!("w{t}"));
-            let wrng = Rng::new(rng.next());
+            let wrng = Rng::new(rng.next_u64());
             let tag = format!("r{round} w{t}");
             let (stop, killed) = (stop.clone(), killed.clone());
             hs.push(std::thread::spawn(move || {
@@ -1077,14 +1047,7 @@ fn run_storm(name: &str, workers: usize, renames_only: bool, default_rounds: usi
             assert_trees_eq("stratafs remount", "before", &view, "after", &again);
         }
     }
-    s.umount();
-    assert_trees_eq(
-        "lower layers modified",
-        "before",
-        &lower0,
-        "after",
-        &s.lower_snapshot(),
-    );
+    s.umount_lowers_unchanged(&lower0);
     eprintln!(
         "{name}: {workers} worker threads, {stats:?}, seed {seed}, {:?}",
         t0.elapsed()
@@ -1104,5 +1067,5 @@ fn crash_during_renames() {
 #[test]
 fn rng_is_deterministic() {
     let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-    assert!((0..100).all(|_| a.next() == b.next()));
+    assert!((0..100).all(|_| a.next_u64() == b.next_u64()));
 }

@@ -4,169 +4,55 @@
 //!
 //! Runs as root against the real binary: `cargo build --workspace && cargo test --workspace`.
 
-use std::ffi::OsStr;
+#![deny(unsafe_code)]
+
+use e2e::procfs::{self, daemons_mentioning, mounted_at, mounts, MountEntry};
+use e2e::{assert_root, stratafs_bin, Scratch};
 use std::fs::OpenOptions;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-// ---- helpers (kept in this file on purpose: the test files are self-contained) ----
-
-/// The binary under test: $STRATAFS_BIN, else target/<profile>/stratafs next to this test.
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATAFS_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("stratafs"))
-        .expect("test binary lives in target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build --workspace` first (or set STRATAFS_BIN)",
-        path.display()
-    );
-    path
-}
-
-fn assert_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests mount filesystems and must run as root"
-    );
-}
-
-/// A unique directory under the temp dir with a lower layer `l` (holding `hello.txt`) and a
-/// mountpoint `m`; on drop, lazily unmounts anything still mounted below it and removes it.
-struct Scratch {
-    root: PathBuf,
-}
+// ---- helpers (scratch dirs, the binary and the mount table come from the harness) ----
 
 const HELLO: &str = "hello from the lower layer\n";
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
+/// A scratch directory with a lower layer `l` (holding `hello.txt`) and a mountpoint `m`.
+struct Life(Scratch);
+
+impl Life {
+    fn new(name: &str) -> Life {
         assert_root();
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "stratafs-life-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(dir.join("m")).unwrap();
-        let s = Scratch {
-            root: std::fs::canonicalize(&dir).unwrap(),
-        };
+        let s = Life(Scratch::new("stratafs-life", name));
+        s.0.dir("m");
         s.lower("l");
         s
     }
 
     /// A lower layer `name` holding `hello.txt`.
     fn lower(&self, name: &str) -> PathBuf {
-        let l = self.root.join(name);
-        std::fs::create_dir_all(&l).unwrap();
+        let l = self.0.dir(name);
         std::fs::write(l.join("hello.txt"), HELLO).unwrap();
         l
     }
 
     fn m(&self) -> PathBuf {
-        self.root.join("m")
+        self.0.path("m")
     }
 
     fn opts(&self, lower: &str) -> String {
         // The daemon's life cycle is the FUSE driver's.
-        format!("driver=fuse,lowerdir={}", self.root.join(lower).display())
+        format!("driver=fuse,lowerdir={}", self.0.path(lower).display())
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let mut below: Vec<PathBuf> = mount_points()
-            .into_iter()
-            .filter(|m| m.starts_with(&self.root))
-            .collect();
-        below.reverse();
-        for m in below {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 3 < field.len() {
-            let o = &field[i + 1..i + 4];
-            if o.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
-/// (mountpoint, fstype, source) of every mount, oldest first.
-fn mounts() -> Vec<(PathBuf, String, String)> {
-    let info = std::fs::read("/proc/self/mountinfo").unwrap();
-    let mut out = Vec::new();
-    for line in info.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        let text = |f: &[u8]| String::from_utf8_lossy(&unescape_octal(f)).into_owned();
-        out.push((
-            PathBuf::from(OsStr::from_bytes(&unescape_octal(fields[4]))),
-            text(fields[sep + 1]),
-            text(fields[sep + 2]),
-        ));
-    }
-    out
-}
-
-fn mount_points() -> Vec<PathBuf> {
-    mounts().into_iter().map(|m| m.0).collect()
-}
-
-fn mounted_at(path: &Path) -> bool {
-    mount_points().iter().any(|m| m == path)
 }
 
 /// Pids of live `stratafs` processes whose command line mentions `needle`.
 fn daemons(needle: &Path) -> Vec<i32> {
-    let needle = needle.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let is_stratafs = cmdline
-            .split(|&b| b == 0)
-            .next()
-            .is_some_and(|a0| a0.ends_with(b"stratafs"));
-        if is_stratafs && cmdline.windows(needle.len()).any(|w| w == needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    daemons_mentioning(needle, &[b"stratafs"])
 }
 
 /// The one daemon whose command line names `needle`.
@@ -181,17 +67,18 @@ fn daemon(needle: &Path) -> i32 {
     pids[0]
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    procfs::wait_until(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        cond,
+    );
 }
 
 /// `stratafs -o OPTS MNT`, which must return 0 with the mount ready.
 fn mount(opts: &str, mnt: &Path) {
-    let out = Command::new(bin())
+    let out = Command::new(stratafs_bin())
         .arg("-o")
         .arg(opts)
         .arg(mnt)
@@ -269,7 +156,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn two_hundred_mount_use_unmount_cycles() {
-    let s = Scratch::new("cycles");
+    let s = Life::new("cycles");
     let m = s.m();
     for i in 0..200 {
         mount(&s.opts("l"), &m);
@@ -289,7 +176,7 @@ fn two_hundred_mount_use_unmount_cycles() {
 
 #[test]
 fn stop_signals_unmount_and_exit() {
-    let s = Scratch::new("signals");
+    let s = Life::new("signals");
     let m = s.m();
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         mount(&s.opts("l"), &m);
@@ -304,12 +191,12 @@ fn stop_signals_unmount_and_exit() {
 
 #[test]
 fn foreground_mode_stays_until_unmounted() {
-    let s = Scratch::new("foreground");
+    let s = Life::new("foreground");
     let m = s.m();
     for flag in ["-f", "-d"] {
-        let log = std::fs::File::create(s.root.join("stderr.log")).unwrap();
+        let log = std::fs::File::create(s.0.path("stderr.log")).unwrap();
         let mut child = KillOnDrop(
-            Command::new(bin())
+            Command::new(stratafs_bin())
                 .arg(flag)
                 .arg("-o")
                 .arg(s.opts("l"))
@@ -336,10 +223,10 @@ fn foreground_mode_stays_until_unmounted() {
 
 #[test]
 fn foreground_mode_sigterm() {
-    let s = Scratch::new("fg-sigterm");
+    let s = Life::new("fg-sigterm");
     let m = s.m();
     let mut child = KillOnDrop(
-        Command::new(bin())
+        Command::new(stratafs_bin())
             .arg("-f")
             .arg("-o")
             .arg(s.opts("l"))
@@ -357,17 +244,17 @@ fn foreground_mode_sigterm() {
 }
 
 /// A directory holding a `stratafs` symlink to the binary under test.
-fn bin_dir(s: &Scratch) -> PathBuf {
-    let dir = s.root.join("bin");
+fn bin_dir(s: &Life) -> PathBuf {
+    let dir = s.0.path("bin");
     std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(bin(), dir.join("stratafs")).unwrap();
+    std::os::unix::fs::symlink(stratafs_bin(), dir.join("stratafs")).unwrap();
     dir
 }
 
 /// Checks the mount made by mount(8)/mount.fuse3, uses it, unmounts it.
 fn check_helper_mount(m: &Path) {
-    let found = mounts().into_iter().rfind(|x| x.0 == m);
-    let Some((_, fstype, source)) = found else {
+    let found = mounts().into_iter().rfind(|x| x.point == m);
+    let Some(MountEntry { fstype, source, .. }) = found else {
         panic!("{} is not mounted", m.display());
     };
     assert_eq!(fstype, "fuse.stratafs");
@@ -383,7 +270,7 @@ fn mount_fuse3_runs_stratafs_from_path() {
     // For `mount -t fuse.stratafs SOURCE MNT -o OPTS`, mount(8) runs
     // `mount.fuse3 SOURCE MNT -o OPTS -t fuse.stratafs`, which runs `stratafs SOURCE MNT -o
     // OPTS` from PATH (plus generic options such as `rw` and `dev`).
-    let s = Scratch::new("mountfuse3");
+    let s = Life::new("mountfuse3");
     let m = s.m();
     let path = format!(
         "{}:{}",
@@ -408,7 +295,7 @@ fn mount_t_fuse_stratafs() {
     // `stratafs` only in the shell's default PATH (/usr/local/sbin, /usr/local/bin, ...), as
     // an installed binary would be. To stay off the real system, run mount(8) in a private
     // mount namespace where /usr/local/sbin is a directory holding our binary.
-    let s = Scratch::new("mount8");
+    let s = Life::new("mount8");
     let m = s.m();
     let script = r#"set -e
         mount --bind "$1" /usr/local/sbin
@@ -456,7 +343,7 @@ fn mount_t_fuse_stratafs() {
 fn exiting_daemon_spares_the_next_mount() {
     // Unmount and at once mount again at the same place: the first daemon, exiting in the
     // meantime, must not take the second mount with it.
-    let s = Scratch::new("remount");
+    let s = Life::new("remount");
     let m = s.m();
     let (a, b) = (s.lower("a"), s.lower("b"));
     for i in 0..20 {
@@ -486,7 +373,7 @@ fn exiting_daemon_spares_the_next_mount() {
 fn signal_after_lazy_unmount_spares_the_next_mount() {
     // A lazily unmounted mount that is still in use keeps its daemon alive. When that daemon
     // is told to stop, the mountpoint already holds a newer mount, which it must leave alone.
-    let s = Scratch::new("lazy");
+    let s = Life::new("lazy");
     let m = s.m();
     let (a, b) = (s.lower("a"), s.lower("b"));
     mount(&s.opts("a"), &m);

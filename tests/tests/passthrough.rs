@@ -7,13 +7,14 @@
 //!
 //! Runs as root against the real binary: `cargo build --workspace && cargo test --workspace`.
 
-use e2e::{kernel_mount_with, stratafs_bin, unmount};
+#![deny(unsafe_code)]
+
+use e2e::{kernel_mount_with, stratafs_bin, sys, unmount, Errno, Scratch};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const LOWER: &[u8] = b"lower data, long enough to be read in two parts\n";
 
@@ -22,27 +23,20 @@ struct Stack {
     upper: PathBuf,
     work: PathBuf,
     mnt: PathBuf,
-    root: PathBuf,
+    /// Unmounts what is left and removes the directories on drop (after `Stack`'s own drop).
+    _scratch: Scratch,
 }
 
 impl Stack {
     fn new(tag: &str) -> Stack {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "e2e-passthrough-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let scratch = Scratch::new("e2e-passthrough", tag);
         let s = Stack {
-            lower: root.join("l"),
-            upper: root.join("u"),
-            work: root.join("w"),
-            mnt: root.join("m"),
-            root,
+            lower: scratch.dir("l"),
+            upper: scratch.dir("u"),
+            work: scratch.dir("w"),
+            mnt: scratch.dir("m"),
+            _scratch: scratch,
         };
-        for d in [&s.lower, &s.upper, &s.work, &s.mnt] {
-            fs::create_dir_all(d).unwrap();
-        }
         fs::write(s.lower.join("f"), LOWER).unwrap();
         fs::write(s.lower.join("g"), LOWER).unwrap();
         s
@@ -81,7 +75,6 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = unmount(&self.mnt);
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -192,24 +185,10 @@ fn mmap_of_a_passed_through_file_writes_the_upper_copy() {
         .open(&path)
         .unwrap();
     let len = LOWER.len();
-    // SAFETY: a fresh shared mapping of a file we hold open; unmapped below.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-        )
-    };
-    assert_ne!(addr, libc::MAP_FAILED);
-    // SAFETY: addr maps len bytes of the file, writable.
-    unsafe {
-        std::ptr::copy_nonoverlapping(b"MAPPED".as_ptr(), addr as *mut u8, 6);
-        assert_eq!(libc::msync(addr, len, libc::MS_SYNC), 0);
-        libc::munmap(addr, len);
-    }
+    assert_eq!(
+        sys::mmap_shared_write(std::os::fd::AsRawFd::as_raw_fd(&f), len, 0, b"MAPPED"),
+        Ok(())
+    );
     drop(f);
     let mut want = LOWER.to_vec();
     want[..6].copy_from_slice(b"MAPPED");
@@ -239,14 +218,7 @@ fn passthrough_all_refuses_writers_while_a_lower_reader_is_open() {
         errno(OpenOptions::new().write(true).truncate(true).open(s.p("f"))),
         libc::ETXTBSY
     );
-    let c = std::ffi::CString::new(s.p("f").into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    let r = unsafe { libc::truncate(c.as_ptr(), 3) };
-    assert_eq!(r, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::ETXTBSY)
-    );
+    assert_eq!(sys::truncate(s.p("f"), 3), Err(Errno::ETXTBSY));
     // Nothing was copied up, the lower file is intact, other files are not held.
     assert!(!s.upper.join("f").exists());
     assert_eq!(fs::read(s.lower.join("f")).unwrap(), LOWER);

@@ -23,6 +23,8 @@
 //! A failure prints the failing sequences' seeds and their shrunk reproducers as Rust tests to
 //! paste into tests/tests/regressions.rs.
 
+#![deny(unsafe_code)]
+
 #[test]
 fn random_sequences() {
     e2e::random::main();

@@ -5,6 +5,8 @@
 //! `cargo test -p e2e --test regressions -- --ignored NAME`, or its original sequence with
 //! `RANDOM_REPLAY=SEED cargo test -p e2e --test random_diff`.
 
+#![deny(unsafe_code)]
+
 use e2e::random::*;
 use e2e::*;
 
@@ -23,14 +25,14 @@ fn random_252cbe611d6cac53() {
                 .hardlink("q/b/y/z", "q/a"),
         )
         .lower(Layer::new().dir("q"));
-    let pair = Pair::new("random_252cbe611d6cac53", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Append {
-        path: "b/y/z".into(),
-        data: Content::Text("".into()),
-    });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_252cbe611d6cac53",
+        &layers,
+        [Op::Append {
+            path: "b/y/z".into(),
+            data: Content::Text("".into()),
+        }],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=591954602782686277; also 15343681094727372234,
@@ -50,27 +52,29 @@ fn random_08370b932e04fc45() {
                 .file("q/b", "U##########")
                 .hardlink("q/d", "q/b"),
         );
-    let pair = Pair::new("random_08370b932e04fc45", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Open {
-        path: "b".into(),
-        flags: libc::O_RDWR,
-        mode: 0o644,
-        slot: Some(2),
-    });
-    run.step(Op::FdWrite {
-        slot: 2,
-        off: 70000,
-        data: Content::Text("".into()),
-    });
-    run.step(Op::Write {
-        path: "d".into(),
-        off: 4096,
-        data: Content::Text("d".into()),
-    });
-    run.step(Op::Stat { path: "b".into() });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_08370b932e04fc45",
+        &layers,
+        [
+            Op::Open {
+                path: "b".into(),
+                flags: libc::O_RDWR,
+                mode: 0o644,
+                slot: Some(2),
+            },
+            Op::FdWrite {
+                slot: 2,
+                off: 70000,
+                data: Content::Text("".into()),
+            },
+            Op::Write {
+                path: "d".into(),
+                off: 4096,
+                data: Content::Text("d".into()),
+            },
+            Op::Stat { path: "b".into() },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=17349321207399112347; also 7751426038739279067 and
@@ -82,22 +86,24 @@ fn random_f0c52bb7ad2cde9b() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/a", "L1#######"))
         .lower(Layer::new().dir("q"));
-    let pair = Pair::new("random_f0c52bb7ad2cde9b", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Open {
-        path: "a".into(),
-        flags: libc::O_RDWR | libc::O_APPEND,
-        mode: 0o644,
-        slot: Some(1),
-    });
-    run.step(Op::FdMmapWrite {
-        slot: 1,
-        off: 4000,
-        data: Content::Text("w15mm".into()),
-    });
-    run.step(Op::Stat { path: "a".into() });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_f0c52bb7ad2cde9b",
+        &layers,
+        [
+            Op::Open {
+                path: "a".into(),
+                flags: libc::O_RDWR | libc::O_APPEND,
+                mode: 0o644,
+                slot: Some(1),
+            },
+            Op::FdMmapWrite {
+                slot: 1,
+                off: 4000,
+                data: Content::Text("w15mm".into()),
+            },
+            Op::Stat { path: "a".into() },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=10940094668344101683): fstat of an open fifo whose name
@@ -107,22 +113,24 @@ fn random_97d3062343cb8b33() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/c", "L0###"))
         .lower(Layer::new().dir("q").fifo("q/b"));
-    let pair = Pair::new("random_97d3062343cb8b33", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Open {
-        path: "b".into(),
-        flags: libc::O_RDWR,
-        mode: 0o644,
-        slot: Some(2),
-    });
-    run.step(Op::Rename {
-        from: "c".into(),
-        to: "b".into(),
-        flags: 0,
-    });
-    run.step(Op::FdStat { slot: 2 });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_97d3062343cb8b33",
+        &layers,
+        [
+            Op::Open {
+                path: "b".into(),
+                flags: libc::O_RDWR,
+                mode: 0o644,
+                slot: Some(2),
+            },
+            Op::Rename {
+                from: "c".into(),
+                to: "b".into(),
+                flags: 0,
+            },
+            Op::FdStat { slot: 2 },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=79156532629140612): renaming an upper-only directory
@@ -136,15 +144,15 @@ fn random_011938727102f484() {
         .lower(Layer::new().dir("q"))
         .lower(Layer::new().dir("q"))
         .upper(Layer::new().dir("q").dir("q/a").fifo("q/a/y").dir("q/c"));
-    let pair = Pair::new("random_011938727102f484", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Rename {
-        from: "c".into(),
-        to: "a".into(),
-        flags: 0,
-    });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_011938727102f484",
+        &layers,
+        [Op::Rename {
+            from: "c".into(),
+            to: "a".into(),
+            flags: 0,
+        }],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=6320021700785521234; also 4341952421108199927 and
@@ -157,26 +165,28 @@ fn random_57b53a408014c252() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
         .lower(Layer::new().dir("q").file("q/c", "x"));
-    let pair = Pair::new("random_57b53a408014c252", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Open {
-        path: "c".into(),
-        flags: libc::O_RDONLY,
-        mode: 0o644,
-        slot: Some(3),
-    });
-    run.step(Op::Append {
-        path: "c".into(),
-        data: Content::Text("d".into()),
-    });
-    run.step(Op::Unlink { path: "c".into() });
-    run.step(Op::FdRead {
-        slot: 3,
-        off: 0,
-        len: 200000,
-    });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_57b53a408014c252",
+        &layers,
+        [
+            Op::Open {
+                path: "c".into(),
+                flags: libc::O_RDONLY,
+                mode: 0o644,
+                slot: Some(3),
+            },
+            Op::Append {
+                path: "c".into(),
+                data: Content::Text("d".into()),
+            },
+            Op::Unlink { path: "c".into() },
+            Op::FdRead {
+                slot: 3,
+                off: 0,
+                len: 200000,
+            },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=12771423085663347545): fstat of an open fifo after its
@@ -187,25 +197,27 @@ fn random_b13d35a1692fe359() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q"))
         .lower(Layer::new().dir("q"));
-    let pair = Pair::new("random_b13d35a1692fe359", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Mkfifo {
-        path: "b".into(),
-        mode: 0o600,
-    });
-    run.step(Op::Open {
-        path: "b".into(),
-        flags: libc::O_RDWR,
-        mode: 0o644,
-        slot: Some(2),
-    });
-    run.step(Op::Unlink { path: "b".into() });
-    run.step(Op::FdWriteSeq {
-        slot: 2,
-        data: Content::Text("d".into()),
-    });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_b13d35a1692fe359",
+        &layers,
+        [
+            Op::Mkfifo {
+                path: "b".into(),
+                mode: 0o600,
+            },
+            Op::Open {
+                path: "b".into(),
+                flags: libc::O_RDWR,
+                mode: 0o644,
+                slot: Some(2),
+            },
+            Op::Unlink { path: "b".into() },
+            Op::FdWriteSeq {
+                slot: 2,
+                data: Content::Text("d".into()),
+            },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=4866594004925566333; also 2887301550297236859,
@@ -216,18 +228,20 @@ fn random_43899d7691a24d7d() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").dir("q/e"))
         .lower(Layer::new().dir("q"));
-    let pair = Pair::new("random_43899d7691a24d7d", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Open {
-        path: "e".into(),
-        flags: libc::O_RDONLY,
-        mode: 0o644,
-        slot: Some(0),
-    });
-    run.step(Op::Rmdir { path: "e".into() });
-    run.step(Op::FdStat { slot: 0 });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_43899d7691a24d7d",
+        &layers,
+        [
+            Op::Open {
+                path: "e".into(),
+                flags: libc::O_RDONLY,
+                mode: 0o644,
+                slot: Some(0),
+            },
+            Op::Rmdir { path: "e".into() },
+            Op::FdStat { slot: 0 },
+        ],
+    );
 }
 
 /// Found by random_diff (RANDOM_REPLAY=8718722407311893207, and some 250 more sequences of the
@@ -239,15 +253,17 @@ fn random_78ff1fd5ef1062d7() {
     let layers = Layers::new()
         .lower(Layer::new().dir("q").file("q/c", "L2###").file("q/e", "L2"))
         .lower(Layer::new().dir("q"));
-    let pair = Pair::new("random_78ff1fd5ef1062d7", &layers);
-    let mut run = Run::new(&pair, "q");
-    run.step(Op::Readdir { path: "".into() });
-    run.step(Op::Chown {
-        path: "e".into(),
-        uid: 1000,
-        gid: u32::MAX,
-    });
-    run.step(Op::Readdir { path: "".into() });
-    drop(run);
-    pair.finish();
+    replay(
+        "random_78ff1fd5ef1062d7",
+        &layers,
+        [
+            Op::Readdir { path: "".into() },
+            Op::Chown {
+                path: "e".into(),
+                uid: 1000,
+                gid: u32::MAX,
+            },
+            Op::Readdir { path: "".into() },
+        ],
+    );
 }

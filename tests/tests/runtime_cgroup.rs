@@ -7,6 +7,7 @@
 //! Also here, because the VM has what it needs (/dev/fuse 0666, unprivileged user
 //! namespaces): the same container run by an unprivileged user (uid 1000, rootless).
 
+#![deny(unsafe_code)]
 mod runtime_common;
 
 use runtime_common::*;

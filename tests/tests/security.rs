@@ -12,11 +12,12 @@
 //! * `security.capability` on copy-up, write, truncate and chown, as the kernel does (compared
 //!   with a kernel overlay of identical layers), by root and by an unprivileged user.
 
+#![deny(unsafe_code)]
+
+use e2e::sys::Inotify;
 use e2e::*;
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,59 +32,33 @@ const NOBODY: u32 = 65534;
 
 /// Watches paths for any access; `events()` drains what was seen (path, mask).
 struct Watch {
-    fd: i32,
+    ino: Inotify,
     wds: BTreeMap<i32, PathBuf>,
 }
 
 impl Watch {
     fn new(paths: &[PathBuf]) -> Watch {
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        assert!(fd >= 0, "inotify_init1: {}", Errno::last());
+        let ino = Inotify::new().unwrap_or_else(|e| panic!("inotify_init1: {e}"));
         let mut wds = BTreeMap::new();
         for p in paths {
-            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
             // Not IN_DONT_FOLLOW: a watched symlink would be the wrong object; watch targets.
-            let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_ALL_EVENTS) };
-            assert!(
-                wd >= 0,
-                "inotify_add_watch {}: {}",
-                p.display(),
-                Errno::last()
-            );
+            let wd = ino
+                .add_watch(p, libc::IN_ALL_EVENTS)
+                .unwrap_or_else(|e| panic!("inotify_add_watch {}: {e}", p.display()));
             wds.insert(wd, p.clone());
         }
-        Watch { fd, wds }
+        Watch { ino, wds }
     }
 
     fn events(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            let mut off = 0usize;
-            while off < n as usize {
-                let ev = unsafe { &*(buf.as_ptr().add(off) as *const libc::inotify_event) };
-                let name_len = ev.len as usize;
-                let name_bytes =
-                    &buf[off + std::mem::size_of::<libc::inotify_event>()..][..name_len];
-                let name = String::from_utf8_lossy(name_bytes)
-                    .trim_end_matches('\0')
-                    .to_string();
+        self.ino
+            .events()
+            .into_iter()
+            .map(|ev| {
                 let path = self.wds.get(&ev.wd).cloned().unwrap_or_default();
-                out.push(format!("{}/{name}: mask {:#x}", path.display(), ev.mask));
-                off += std::mem::size_of::<libc::inotify_event>() + name_len;
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        unsafe { libc::close(self.fd) };
+                format!("{}/{}: mask {:#x}", path.display(), ev.name, ev.mask)
+            })
+            .collect()
     }
 }
 

@@ -1,6 +1,8 @@
 //! unlink/rmdir and whiteouts, creation over whiteouts, opaque directories, rm -rf + mkdir
 //! across remounts, ENOTEMPTY rules.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 
 fn base_layers() -> Layers {

@@ -1,6 +1,8 @@
 //! Self-checks of the harness: the comparisons must catch differences, lower-layer changes must
 //! be detected, and a failing test must still unmount and clean up.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;

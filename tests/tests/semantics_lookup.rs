@@ -1,5 +1,7 @@
 //! Lookup and readdir semantics: layering, whiteouts, opaque dirs, OCI markers, merged readdir.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 use std::os::fd::AsRawFd;
 

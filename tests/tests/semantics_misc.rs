@@ -1,8 +1,11 @@
 //! Hard links and inode numbers, open-then-unlinked files, statfs, name and path length limits,
 //! special files, xattrs, open flags, permissions of an unprivileged user, symlink safety.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 // ---------------------------------------------------------------------------------------------
 // Hard links and st_ino
@@ -22,6 +25,20 @@ fn link_layers() -> Layers {
                 .dir("d"),
         )
         .upper(Layer::new().file("u1", "upper").hardlink("u2", "u1"))
+}
+
+/// lstat of the three names of the lower hard-linked file.
+fn h_lstats(r: &Path) -> (R<St>, R<St>, R<St>) {
+    (
+        lstat(r.join("h1")),
+        lstat(r.join("h2")),
+        lstat(r.join("dir/h3")),
+    )
+}
+
+/// Whether `a` and `b` below `r` have the same inode number.
+fn same_ino(r: &Path, a: &str, b: &str) -> R<bool> {
+    Ok(ino(r.join(a))? == ino(r.join(b))?)
 }
 
 #[test]
@@ -47,19 +64,8 @@ fn hardlink_of_lower_file() {
 #[test]
 fn hardlinked_lower_files_after_write_to_one() {
     let pair = Pair::new("hlwrite", &link_layers());
-    pair.step(|r| {
-        (
-            lstat(r.join("h1")),
-            lstat(r.join("h2")),
-            lstat(r.join("dir/h3")),
-        )
-    });
-    pair.step(|r| {
-        Ok::<_, Errno>((
-            ino(r.join("h1"))? == ino(r.join("h2"))?,
-            ino(r.join("h1"))? == ino(r.join("dir/h3"))?,
-        ))
-    });
+    pair.step(h_lstats);
+    pair.step(|r| Ok::<_, Errno>((same_ino(r, "h1", "h2")?, same_ino(r, "h1", "dir/h3")?)));
     let before = pair.both(|s| ino(s.m("h1")).expect("ino"));
     pair.step(|r| write_at(r.join("h1"), 0, "SHARED"));
     pair.step(|r| {
@@ -69,28 +75,11 @@ fn hardlinked_lower_files_after_write_to_one() {
             read(r.join("dir/h3")),
         )
     });
-    pair.step(|r| {
-        (
-            lstat(r.join("h1")),
-            lstat(r.join("h2")),
-            lstat(r.join("dir/h3")),
-        )
-    });
-    pair.step(|r| {
-        Ok::<_, Errno>((
-            ino(r.join("h1"))? == ino(r.join("h2"))?,
-            ino(r.join("h2"))? == ino(r.join("dir/h3"))?,
-        ))
-    });
+    pair.step(h_lstats);
+    pair.step(|r| Ok::<_, Errno>((same_ino(r, "h1", "h2")?, same_ino(r, "h2", "dir/h3")?)));
     pair.step_with(&before, |s, i| ino(s.m("h1")).map(|n| n == *i));
     pair.step(|r| chmod(r.join("h2"), 0o600));
-    pair.step(|r| {
-        (
-            lstat(r.join("h1")),
-            lstat(r.join("h2")),
-            lstat(r.join("dir/h3")),
-        )
-    });
+    pair.step(h_lstats);
     pair.step(|r| unlink(r.join("h2")));
     pair.step(|r| (lstat(r.join("h1")), lstat(r.join("dir/h3"))));
     pair.finish();

@@ -1,6 +1,8 @@
 //! rename(2) and renameat2(2): files from any layer, directories (upper-only vs lower/merged →
 //! EXDEV), RENAME_NOREPLACE, RENAME_EXCHANGE, renames over whiteouts.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 
 fn layers() -> Layers {

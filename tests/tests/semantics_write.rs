@@ -1,6 +1,8 @@
 //! Copy-up triggers and what copy-up preserves, allocation of new objects in the upper layer,
 //! write semantics, setuid/setgid clearing, timestamps, fsync.
 
+#![deny(unsafe_code)]
+
 use e2e::*;
 use std::path::Path;
 

@@ -6,6 +6,8 @@
 //!
 //! Runs as root against the real binary: `cargo build --workspace && cargo test --workspace`.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid, wait_until};
 use e2e::{stratafs_bin, unmount};
 use std::fs;

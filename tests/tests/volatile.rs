@@ -6,14 +6,15 @@
 //!
 //! Runs as root against the real binary: `cargo build --workspace && cargo test --workspace`.
 
+#![deny(unsafe_code)]
+
 use e2e::procfs::{alive, daemon_pid, wait_until};
-use e2e::{kernel_mount_with, stratafs_bin, unmount};
+use e2e::{assert_root, kernel_mount_with, stratafs_bin, unmount, Scratch};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const LOWER_DATA: &[u8] = &[b'l'; 1024];
@@ -109,27 +110,23 @@ impl Stack {
 
 /// Both implementations' stacks under one temp root; unmounts and removes on drop.
 struct Both {
-    root: PathBuf,
     k: Stack,
     s: Stack,
+    /// Removes the directories on drop (after `Both`'s own drop has unmounted).
+    _scratch: Scratch,
 }
 
 impl Both {
     fn new(name: &str) -> Both {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests mount filesystems and must run as root"
-        );
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "stratafs-volatile-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        let k = Stack::new(&root, Imp::Kernel);
-        let s = Stack::new(&root, Imp::Strata);
-        Both { root, k, s }
+        assert_root();
+        let scratch = Scratch::new("stratafs-volatile", name);
+        let k = Stack::new(&scratch.root, Imp::Kernel);
+        let s = Stack::new(&scratch.root, Imp::Strata);
+        Both {
+            k,
+            s,
+            _scratch: scratch,
+        }
     }
 
     fn stacks(&self) -> [&Stack; 2] {
@@ -181,12 +178,25 @@ impl Drop for Both {
                 let _ = unmount(m);
             }
         }
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
 fn expected(append: &[u8]) -> Vec<u8> {
     [LOWER_DATA, append].concat()
+}
+
+/// `f` and `d/g` below `dir` hold what the test appended to them.
+fn assert_appended(dir: &Path, who: &str) {
+    assert_eq!(
+        fs::read(dir.join("f")).unwrap(),
+        expected(b"appended\n"),
+        "{who}"
+    );
+    assert_eq!(
+        fs::read(dir.join("d/g")).unwrap(),
+        expected(b"more\n"),
+        "{who}"
+    );
 }
 
 /// Appends as the bench does (open O_WRONLY|O_APPEND, write, close), with an fsync between.
@@ -222,16 +232,7 @@ fn volatile_as_the_kernel() {
             expected(b"appended\n"),
             "{who}"
         );
-        assert_eq!(
-            fs::read(st.upper.join("f")).unwrap(),
-            expected(b"appended\n"),
-            "{who}"
-        );
-        assert_eq!(
-            fs::read(st.upper.join("d/g")).unwrap(),
-            expected(b"more\n"),
-            "{who}"
-        );
+        assert_appended(&st.upper, &who);
         assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"new\n", "{who}");
         assert_eq!(fs::read(st.lower.join("f")).unwrap(), LOWER_DATA, "{who}");
         assert!(
@@ -264,16 +265,7 @@ fn volatile_as_the_kernel() {
     assert!(b.mount_both(false, false));
     for st in b.stacks() {
         let who = format!("{:?}", st.imp);
-        assert_eq!(
-            fs::read(st.mnt.join("f")).unwrap(),
-            expected(b"appended\n"),
-            "{who}"
-        );
-        assert_eq!(
-            fs::read(st.mnt.join("d/g")).unwrap(),
-            expected(b"more\n"),
-            "{who}"
-        );
+        assert_appended(&st.mnt, &who);
         assert!(
             !st.work.join("work/incompat").exists(),
             "{who}: incompat left"

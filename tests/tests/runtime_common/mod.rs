@@ -2,6 +2,7 @@
 //! built from Debian's busybox-static, running `strata run` with a time limit, and checks
 //! that a run left nothing behind (state directory, mount, cgroup, daemon).
 
+#![deny(unsafe_code)]
 #![allow(dead_code)]
 
 use std::fs;
@@ -13,21 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The binary under test: $STRATA_BIN, else target/<profile>/strata next to this test.
 pub fn strata_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STRATA_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("strata"))
-        .expect("test binary lives in target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build -p runtime -p unionfs` first (or set STRATA_BIN)",
-        path.display()
-    );
-    path
+    e2e::target_bin("strata", "STRATA_BIN", "cargo build -p runtime -p unionfs")
 }
 
 pub fn assert_root() {
