@@ -5,6 +5,8 @@
 //! One test in this binary, so nothing else creates strata cgroups while it compares them.
 //! The seed is printed; STRATA_CRASH_SEED replays one.
 
+#![deny(unsafe_code)]
+
 mod runtime_common;
 
 use runtime_common::*;

@@ -6,6 +6,8 @@
 //! Run as root on the host; the device cgroup's own tests need pure cgroup v2 and run in the VM
 //! (runtime_cgroup.rs).
 
+#![deny(unsafe_code)]
+
 mod runtime_common;
 
 use runtime_common::*;

@@ -4,6 +4,8 @@
 //!
 //! `cargo build -p runtime -p unionfs && cargo test -p e2e --test runtime_seccomp`
 
+#![deny(unsafe_code)]
+
 mod runtime_common;
 
 use runtime_common::*;

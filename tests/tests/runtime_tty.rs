@@ -4,6 +4,8 @@
 //! (Ctrl-C included), the exit status comes through, and the caller's terminal settings are
 //! back as they were. Without `-t` the command has no controlling terminal.
 
+#![deny(unsafe_code)]
+
 mod runtime_common;
 
 use runtime_common::*;
