@@ -12,10 +12,11 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use bench::guard::{LoopFs, Mount, Scratch};
-use bench::stack::{self, Rng};
+use bench::stack;
 use bench::sys;
 use bench::targets::Target;
 use criterion::{BenchmarkId, Criterion, SamplingMode};
+use fastrand::Rng;
 use std::fs;
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -117,7 +118,7 @@ fn check() {
 fn file(path: &Path, len: usize, rng: &mut Rng) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut f = fs::File::create(path).unwrap();
-    let chunk: Vec<u8> = (0..(1 << 20)).map(|_| rng.next_u64() as u8).collect();
+    let chunk: Vec<u8> = (0..(1 << 20)).map(|_| rng.u8(..)).collect();
     let mut left = len;
     while left > 0 {
         let n = left.min(chunk.len());
@@ -173,7 +174,7 @@ fn copy_ups(iters: u64, mut next: impl FnMut() -> PathBuf) -> Duration {
 /// The layers: a deep stack (the file looked up is in its bottom layer; every layer has the
 /// directory), and a 3-layer stack with the 10k-entry directory and the files to read and copy up.
 fn build(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::with_seed(7);
     let deep: Vec<PathBuf> = (0..DEPTHS[DEPTHS.len() - 1])
         .map(|i| root.join(format!("deep/l{i:02}")))
         .collect();

@@ -4,6 +4,7 @@
 //! stack of 50 layers. The same seed always gives the same bytes.
 
 use crate::sys::{self, ctx, Result};
+use fastrand::Rng;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -73,29 +74,6 @@ impl Scale {
     }
 }
 
-/// SplitMix64: small, fast, and the same everywhere.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    /// True with probability `pct` percent.
-    pub fn pct(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
-
 /// Relative paths inside the merged tree that the workloads use.
 pub const BIG_FILE: &str = "data/big.bin";
 pub const COPYUP_FILE: &str = "data/copyup.bin";
@@ -157,7 +135,7 @@ impl Writer {
         let mut f = ctx(path.display(), fs::File::create(path))?;
         let mut left = len;
         while left > 0 {
-            let start = self.rng.below((self.buf.len() / 2) as u64) as usize;
+            let start = self.rng.u64(..(self.buf.len() / 2) as u64) as usize;
             let n = left.min(self.buf.len() - start);
             ctx(path.display(), f.write_all(&self.buf[start..start + n]))?;
             left -= n;
@@ -168,10 +146,10 @@ impl Writer {
 
     /// A size drawn from a container-image-like mix: mostly small, a few large.
     fn size(&mut self) -> usize {
-        match self.rng.below(100) {
-            0..=74 => self.rng.below(2048) as usize,
-            75..=96 => 2048 + self.rng.below(30 * 1024) as usize,
-            _ => 32 * 1024 + self.rng.below(224 * 1024) as usize,
+        match self.rng.u64(..100) {
+            0..=74 => self.rng.u64(..2048) as usize,
+            75..=96 => 2048 + self.rng.u64(..30 * 1024) as usize,
+            _ => 32 * 1024 + self.rng.u64(..224 * 1024) as usize,
         }
     }
 }
@@ -198,10 +176,10 @@ pub fn set_opaque(dir: &Path) -> Result<()> {
 
 /// Builds the whole stack under `root` (on the loop-mounted image).
 pub fn build(root: &Path, scale: &Scale) -> Result<Stack> {
-    let mut rng = Rng::new(0x5354_5241_5441);
+    let mut rng = Rng::with_seed(0x5354_5241_5441);
     let mut buf = vec![0u8; 1 << 20];
     for chunk in buf.chunks_mut(8) {
-        let v = rng.next_u64().to_le_bytes();
+        let v = rng.u64(..).to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
     let mut w = Writer {
@@ -291,25 +269,25 @@ fn build_tree(w: &mut Writer, layer: &dyn Fn(usize) -> PathBuf, scale: &Scale) -
         for l in 0..scale.leaf_dirs {
             let dir = format!("tree/d{t:02}/s{l:03}");
             w.stats.dirs += 1;
-            let fate = w.rng.below(200);
+            let fate = w.rng.u64(..200);
             // 1 in 200 leaf directories is replaced by an opaque one in the top layer.
             let opaque = fate == 0;
-            let n = scale.files_per_dir / 2 + w.rng.below(scale.files_per_dir as u64 + 1) as usize;
+            let n = scale.files_per_dir / 2 + w.rng.u64(..scale.files_per_dir as u64 + 1) as usize;
             for k in 0..n {
                 let name = format!("{dir}/f{k:03}");
                 // 55% base layer, then 20/15/10% in the layers above.
-                let home = match w.rng.below(100) {
+                let home = match w.rng.u64(..100) {
                     0..=54 => 0,
                     55..=74 => 1,
                     75..=89 => 2,
                     _ => 3,
                 };
                 let path = layer(home).join(&name);
-                if w.rng.pct(4) {
+                if w.rng.u64(..100) < 4 {
                     if let Some(parent) = path.parent() {
                         ctx(parent.display(), fs::create_dir_all(parent))?;
                     }
-                    let target = format!("f{:03}", w.rng.below(n as u64));
+                    let target = format!("f{:03}", w.rng.u64(..n as u64));
                     ctx(path.display(), std::os::unix::fs::symlink(&target, &path))?;
                     w.stats.symlinks += 1;
                 } else {
@@ -318,15 +296,15 @@ fn build_tree(w: &mut Writer, layer: &dyn Fn(usize) -> PathBuf, scale: &Scale) -
                     w.stats.files += 1;
                 }
                 // 15% of the files above the base also exist, older, in a lower layer.
-                if home > 0 && w.rng.pct(15) {
-                    let below = w.rng.below(home as u64) as usize;
+                if home > 0 && w.rng.u64(..100) < 15 {
+                    let below = w.rng.u64(..home as u64) as usize;
                     let size = w.size();
                     w.file(&layer(below).join(&name), size)?;
                     w.stats.shadowed += 1;
                 }
                 // 3% of the files in the two lower layers are deleted by a whiteout above.
-                if home < 2 && w.rng.pct(3) {
-                    let above = 2 + w.rng.below(2) as usize;
+                if home < 2 && w.rng.u64(..100) < 3 {
+                    let above = 2 + w.rng.u64(..2) as usize;
                     let wh = layer(above).join(&name);
                     if !wh.exists() && fs::symlink_metadata(&wh).is_err() {
                         whiteout(&wh)?;

@@ -9,6 +9,7 @@
 
 mod runtime_common;
 
+use e2e::random::Rng;
 use runtime_common::*;
 use std::collections::BTreeSet;
 use std::fs;
@@ -82,19 +83,6 @@ fn settle() {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-}
-
 fn kill_at_random(r: &Rootfs, rng: &mut Rng, rounds: usize) -> usize {
     let mut killed_running = 0;
     for i in 0..rounds {
@@ -151,7 +139,7 @@ fn sigkill_at_random_moments_then_nothing_stays() {
                 .as_nanos() as u64
         });
     eprintln!("STRATA_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let r = Rootfs::new("crash");
     let before = strata_cgroups();
 
