@@ -364,3 +364,60 @@ fn ulimit_and_no_new_privileges_as_docker() {
     let run = r.run(&["--security-opt", "apparmor=unconfined"], &["true"]);
     run.expect(2);
 }
+
+const PTRACE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+/* ptrace-attaches to each pid given; prints "PID: attached" or "PID: <error>". */
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        pid_t pid = atoi(argv[i]);
+        if (ptrace(PTRACE_ATTACH, pid, 0, 0) < 0) {
+            printf("%s: %s\n", argv[i], strerror(errno));
+        } else {
+            waitpid(pid, 0, 0);
+            ptrace(PTRACE_DETACH, pid, 0, 0);
+            printf("%s: attached\n", argv[i]);
+        }
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn ptrace_of_processes_outside_the_container_is_refused() {
+    let r = rootfs("ptrace");
+    let helper = static_helper("ptrace", PTRACE_C);
+    // A host process, and a control: the host itself may attach to it.
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = victim.id().to_string();
+    let host = Command::new(&helper).arg(&pid).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout),
+        format!("{pid}: attached\n"),
+        "control"
+    );
+    // From inside: the host's pid (not in the container's pid namespace), the host's init,
+    // and the container's own init (not dumpable, no CAP_SYS_PTRACE).
+    let bind = format!("{}:/ptrace:ro", helper.display());
+    let run = r.run(&["--bind", &bind], &["/ptrace", &pid, "1"]);
+    run.ok();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(!run.stdout.contains("attached"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("{pid}: No such process")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("1: Operation not permitted"),
+        "{}",
+        run.stdout
+    );
+}
