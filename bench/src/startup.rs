@@ -214,7 +214,7 @@ pub fn run(work: &Path, runs: usize) -> Result<Results> {
     })?;
     if hidden {
         notes.push(
-            "every runner ran in a mount namespace without /sys/fs/cgroup/unified (crun refuses hybrid cgroup hosts); without a cgroup v2 hierarchy strata creates no cgroup when no limit is asked for"
+            "every runner ran in a mount namespace without /sys/fs/cgroup/unified (crun refuses hybrid cgroup hosts); without a cgroup v2 hierarchy strata puts the container in a cgroup v1 devices cgroup (its device allowlist) and applies Docker's seccomp profile (cached); crun runs the spec of `crun spec`, which has no seccomp profile"
                 .into(),
         );
     }
