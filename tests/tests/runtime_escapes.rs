@@ -68,22 +68,6 @@ fn tiocsti() -> &'static Path {
     BIN.get_or_init(|| static_helper("tiocsti", TIOCSTI_C))
 }
 
-/// `sh -c SCRIPT` with a terminal of its own (util-linux `script`), the way an interactive
-/// caller runs strata; returns what the terminal showed.
-fn on_a_terminal(r: &Rootfs, script: &str) -> String {
-    let child = Command::new("script")
-        .args(["-qec", script, "/dev/null"])
-        .env("STRATA_STATE_DIR", &r.state)
-        .env("STRATA", strata_bin())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script(1) from util-linux");
-    let out = wait_with_timeout(child, Duration::from_secs(60));
-    String::from_utf8_lossy(&out.stdout).replace('\r', "")
-}
-
 fn layers(r: &Rootfs) -> String {
     r.layer_args().join(" ")
 }
@@ -134,7 +118,13 @@ fn tiocsti_on_the_callers_terminal_is_refused() {
     let r = rootfs("tiocsti");
     let helper = tiocsti();
     // Control: on the caller's own terminal, outside any container, the ioctl works.
-    let host = on_a_terminal(&r, &format!("{}; echo", helper.display()));
+    let host = on_a_terminal(
+        &r,
+        &format!("{}; echo", helper.display()),
+        &[],
+        Duration::ZERO,
+    )
+    .0;
     assert!(
         host.contains("TIOCSTI: done"),
         "control: TIOCSTI should work outside the container here:\n{host}"
@@ -144,7 +134,7 @@ fn tiocsti_on_the_callers_terminal_is_refused() {
         layers(&r),
         helper.display()
     );
-    let shown = on_a_terminal(&r, &script);
+    let shown = on_a_terminal(&r, &script, &[], Duration::ZERO).0;
     assert!(
         shown.contains("TIOCSTI: Operation not permitted") && shown.contains("strata: 1"),
         "the container typed into the caller's terminal:\n{shown}"

@@ -18,39 +18,6 @@ fn rootfs(name: &str) -> Rootfs {
     Rootfs::new(name)
 }
 
-/// Runs `script` under a terminal of its own, feeding `input` (chunks sent `pause` apart);
-/// returns what the terminal showed (without \r) and script's exit status (the shell's).
-fn on_a_terminal(r: &Rootfs, script: &str, input: &[&[u8]], pause: Duration) -> (String, i32) {
-    let mut child = Command::new("script")
-        .args(["-qec", script, "/dev/null"])
-        .env("STRATA_STATE_DIR", &r.state)
-        .env("STRATA", strata_bin())
-        .env("LAYERS", r.layer_args().join(" "))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script(1) from util-linux");
-    let mut stdin = child.stdin.take().unwrap();
-    let chunks: Vec<Vec<u8>> = input.iter().map(|c| c.to_vec()).collect();
-    let feeder = std::thread::spawn(move || {
-        for c in chunks {
-            std::thread::sleep(pause);
-            if stdin.write_all(&c).is_err() {
-                return;
-            }
-        }
-        // Keep stdin open a little: script(1) ends the session at its stdin's end.
-        std::thread::sleep(Duration::from_secs(3));
-    });
-    let out = wait_with_timeout(child, Duration::from_secs(60));
-    let _ = feeder.join();
-    (
-        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
-        out.status.code().unwrap_or(-1),
-    )
-}
-
 #[test]
 fn tty_gives_a_controlling_terminal_with_the_callers_size() {
     let r = rootfs("tty");

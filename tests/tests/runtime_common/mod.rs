@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -322,4 +323,41 @@ pub fn assert_device_allowlist(r: &Rootfs, opts: &[&str]) -> String {
     );
     assert!(run.stdout.contains("null-ok"), "{}", run.stdout);
     run.stdout.clone()
+}
+
+/// Runs `script` under a terminal of its own, feeding `input` (chunks sent `pause` apart);
+/// returns what the terminal showed (without \r) and script's exit status (the shell's).
+pub fn on_a_terminal(r: &Rootfs, script: &str, input: &[&[u8]], pause: Duration) -> (String, i32) {
+    let mut child = Command::new("script")
+        .args(["-qec", script, "/dev/null"])
+        .env("STRATA_STATE_DIR", &r.state)
+        .env("STRATA", strata_bin())
+        .env("LAYERS", r.layer_args().join(" "))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    let chunks: Vec<Vec<u8>> = input.iter().map(|c| c.to_vec()).collect();
+    let input_given = !chunks.is_empty();
+    let feeder = std::thread::spawn(move || {
+        for c in chunks {
+            std::thread::sleep(pause);
+            if stdin.write_all(&c).is_err() {
+                return;
+            }
+        }
+        // Keep stdin open a little: script(1) ends the session at its stdin's end.
+        if !input_given {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    let _ = feeder.join();
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        out.status.code().unwrap_or(-1),
+    )
 }
