@@ -292,7 +292,6 @@ fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
     if opts.volatile {
         data.extend_from_slice(b",volatile");
     }
-    let data = String::from_utf8(data).map_err(|_| sys::err(libc::EINVAL))?;
     // The same flags as the FUSE mount: one mapping from the options, in `mount`.
     let flags = crate::mount::ms_flags(opts);
     msys::mount(&opts.fsname, &opts.mountpoint, "overlay", flags, &data)

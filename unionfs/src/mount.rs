@@ -401,11 +401,16 @@ fn mount_direct(opts: &Options) -> Result<OwnedFd, MountError> {
         opts.fsname,
         opts.mountpoint.display()
     );
-    sys::mount(&opts.fsname, &opts.mountpoint, FSTYPE, flags, &data).map_err(|err| {
-        MountError::Mount {
-            mountpoint: opts.mountpoint.clone(),
-            err,
-        }
+    sys::mount(
+        &opts.fsname,
+        &opts.mountpoint,
+        FSTYPE,
+        flags,
+        data.as_bytes(),
+    )
+    .map_err(|err| MountError::Mount {
+        mountpoint: opts.mountpoint.clone(),
+        err,
     })?;
     Ok(fd)
 }
