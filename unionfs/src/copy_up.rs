@@ -3,7 +3,7 @@
 //! data, xattrs, owner, mode and times, then renamed into place: no reader and no crash ever sees
 //! a half-copied file.
 
-use crate::inodes::{Inodes, ROOT};
+use crate::inodes::{Inodes, NodeId, ROOT};
 use crate::layers::UPPER;
 use crate::layers::{is_dir, join, Layers};
 use crate::sys;
@@ -52,7 +52,12 @@ impl CopyUp {
 
     /// Makes sure node `ino` exists in the upper layer, copying it and its parents up as needed.
     /// Returns the nodes copied, topmost first.
-    pub fn ensure_upper(&self, layers: &Layers, inodes: &Inodes, ino: u64) -> io::Result<Vec<u64>> {
+    pub fn ensure_upper(
+        &self,
+        layers: &Layers,
+        inodes: &Inodes,
+        ino: NodeId,
+    ) -> io::Result<Vec<NodeId>> {
         self.ensure_upper_with(layers, inodes, ino, true)
     }
 
@@ -62,9 +67,9 @@ impl CopyUp {
         &self,
         layers: &Layers,
         inodes: &Inodes,
-        ino: u64,
+        ino: NodeId,
         data: bool,
-    ) -> io::Result<Vec<u64>> {
+    ) -> io::Result<Vec<NodeId>> {
         if !layers.has_upper {
             return Err(sys::err(libc::EROFS));
         }
@@ -93,10 +98,10 @@ impl CopyUp {
         &self,
         layers: &Layers,
         inodes: &Inodes,
-        ino: u64,
+        ino: NodeId,
         data: bool,
     ) -> io::Result<()> {
-        let _guard = self.locks[(ino as usize) % STRIPES].lock();
+        let _guard = self.locks[(ino.get() as usize) % STRIPES].lock();
         let (path, info) = inodes.path(ino).ok_or_else(|| sys::err(libc::ESTALE))?;
         if layers.is_upper(info.layers[0]) {
             return Ok(());

@@ -8,12 +8,45 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 
-pub const ROOT: u64 = 1;
+/// A FUSE node id: the kernel's handle for a node of this table. Not an inode number (those
+/// are `st_ino` values of the layers, kept as `u64`); converted only at the FUSE boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    /// The mount's root, node id 1 in FUSE.
+    pub const ROOT: NodeId = NodeId(1);
+
+    /// The raw FUSE node id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<fuser::INodeNo> for NodeId {
+    fn from(n: fuser::INodeNo) -> Self {
+        NodeId(n.0)
+    }
+}
+
+impl From<NodeId> for fuser::INodeNo {
+    fn from(n: NodeId) -> Self {
+        fuser::INodeNo(n.0)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+pub const ROOT: NodeId = NodeId::ROOT;
 
 /// What a node is, as of the last lookup or change made through the mount.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
-    pub parent: u64,
+    pub parent: NodeId,
     pub name: OsString,
     /// Topmost first; `layers[0]` holds the entry. More than one only for merged directories.
     pub layers: Vec<LayerIdx>,
@@ -30,15 +63,15 @@ struct Entry {
     nlookup: u64,
     /// Names of this node besides `info.parent`/`info.name`: hard links made through the
     /// mount share the node, as they share the kernel's inode.
-    extra: Vec<(u64, OsString)>,
+    extra: Vec<(NodeId, OsString)>,
     /// Names bound in this directory node: a parent outlives its children in the table.
     children: u64,
 }
 
 struct Table {
-    nodes: HashMap<u64, Entry>,
-    names: HashMap<(u64, OsString), u64>,
-    next: u64,
+    nodes: HashMap<NodeId, Entry>,
+    names: HashMap<(NodeId, OsString), NodeId>,
+    next: NodeId,
     /// The most nodes held since memory was last given back.
     peak: usize,
 }
@@ -48,7 +81,7 @@ impl Table {
     /// forget, the few survivors would otherwise pin the pages of the many freed nodes.
     fn compact(&mut self) {
         let fresh_name = |n: &OsStr| OsString::from(n.to_os_string().as_os_str());
-        let nodes: HashMap<u64, Entry> = self
+        let nodes: HashMap<NodeId, Entry> = self
             .nodes
             .drain()
             .map(|(k, e)| {
@@ -69,7 +102,7 @@ impl Table {
                 )
             })
             .collect();
-        let names: HashMap<(u64, OsString), u64> = self
+        let names: HashMap<(NodeId, OsString), NodeId> = self
             .names
             .drain()
             .map(|((p, n), v)| ((p, fresh_name(&n)), v))
@@ -78,13 +111,13 @@ impl Table {
         self.names = names;
     }
 
-    fn add_child(&mut self, parent: u64) {
+    fn add_child(&mut self, parent: NodeId) {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children += 1;
         }
     }
 
-    fn drop_child(&mut self, parent: u64) {
+    fn drop_child(&mut self, parent: NodeId) {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
         }
@@ -92,7 +125,7 @@ impl Table {
     }
 
     /// Drops nodes that neither the kernel nor a child references, walking up the parents.
-    fn reap(&mut self, mut ino: u64) {
+    fn reap(&mut self, mut ino: NodeId) {
         while ino != ROOT {
             let Some(e) = self.nodes.get(&ino) else {
                 return;
@@ -125,7 +158,7 @@ impl Table {
 
     /// Removes the binding of `key`; the node loses that name (and becomes unlinked when it
     /// was its last). Returns the node id that was bound.
-    fn unbind(&mut self, key: &(u64, OsString)) -> Option<u64> {
+    fn unbind(&mut self, key: &(NodeId, OsString)) -> Option<NodeId> {
         let ino = self.names.remove(key)?;
         let e = self.nodes.get_mut(&ino)?;
         if e.info.parent == key.0 && e.info.name == key.1 {
@@ -145,7 +178,7 @@ impl Table {
     }
 
     /// Renames one name of node `ino` from `old` to `new` (which must be unbound).
-    fn move_name(&mut self, ino: u64, old: &(u64, OsString), new: (u64, OsString)) {
+    fn move_name(&mut self, ino: NodeId, old: &(NodeId, OsString), new: (NodeId, OsString)) {
         let Some(e) = self.nodes.get_mut(&ino) else {
             return;
         };
@@ -193,18 +226,18 @@ impl Inodes {
             t: RwLock::new(Table {
                 nodes,
                 names: HashMap::new(),
-                next: ROOT + 1,
+                next: NodeId(ROOT.0 + 1),
                 peak: 1,
             }),
         }
     }
 
-    pub fn get(&self, ino: u64) -> Option<NodeInfo> {
+    pub fn get(&self, ino: NodeId) -> Option<NodeInfo> {
         self.t.read().nodes.get(&ino).map(|e| e.info.clone())
     }
 
     /// The layer holding node `ino`'s entry.
-    pub fn top_layer(&self, ino: u64) -> Option<LayerIdx> {
+    pub fn top_layer(&self, ino: NodeId) -> Option<LayerIdx> {
         self.t
             .read()
             .nodes
@@ -213,7 +246,7 @@ impl Inodes {
     }
 
     /// The node and its path relative to the layer roots ("" for the root).
-    pub fn path(&self, ino: u64) -> Option<(OsString, NodeInfo)> {
+    pub fn path(&self, ino: NodeId) -> Option<(OsString, NodeInfo)> {
         let t = self.t.read();
         let e = t.nodes.get(&ino)?;
         let info = e.info.clone();
@@ -238,12 +271,12 @@ impl Inodes {
     /// lookup of it; returns the node id.
     pub fn insert(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         layers: Vec<LayerIdx>,
         is_dir: bool,
         ino_override: Option<u64>,
-    ) -> u64 {
+    ) -> NodeId {
         let mut t = self.t.write();
         let key = (parent, name.to_os_string());
         if let Some(&ino) = t.names.get(&key) {
@@ -265,7 +298,7 @@ impl Inodes {
             t.unbind(&key);
         }
         let ino = t.next;
-        t.next += 1;
+        t.next = NodeId(ino.0 + 1);
         t.nodes.insert(
             ino,
             Entry {
@@ -289,7 +322,7 @@ impl Inodes {
 
     /// A hard link made through the mount: `name` in `parent` becomes another name of `ino`,
     /// and the kernel counts one more lookup of it.
-    pub fn link(&self, ino: u64, parent: u64, name: &OsStr) {
+    pub fn link(&self, ino: NodeId, parent: NodeId, name: &OsStr) {
         let mut t = self.t.write();
         let key = (parent, name.to_os_string());
         t.unbind(&key);
@@ -312,7 +345,7 @@ impl Inodes {
     }
 
     /// The node id currently bound to `name` in `parent`, if the kernel holds one.
-    pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+    pub fn child(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
         self.t
             .read()
             .names
@@ -321,7 +354,7 @@ impl Inodes {
     }
 
     /// After a copy-up: the node now lives in `layers` and reports `keep_ino` if given.
-    pub fn set_layers(&self, ino: u64, layers: Vec<LayerIdx>, keep_ino: Option<u64>) {
+    pub fn set_layers(&self, ino: NodeId, layers: Vec<LayerIdx>, keep_ino: Option<u64>) {
         if let Some(e) = self.t.write().nodes.get_mut(&ino) {
             e.info.layers = layers;
             if keep_ino.is_some() {
@@ -333,7 +366,7 @@ impl Inodes {
     /// The kernel dropped `n` references to `ino`.
     /// Returns whether most of a large table was just forgotten (and compacted): the moment
     /// for the caller to drop its own caches and give memory back.
-    pub fn forget(&self, ino: u64, n: u64) -> bool {
+    pub fn forget(&self, ino: NodeId, n: u64) -> bool {
         if ino == ROOT {
             return false;
         }
@@ -357,13 +390,13 @@ impl Inodes {
 
     /// `name` in `parent` is gone from the tree; a node the kernel holds stays, marked unlinked
     /// once it has no name left.
-    pub fn unlink(&self, parent: u64, name: &OsStr) {
+    pub fn unlink(&self, parent: NodeId, name: &OsStr) {
         self.t.write().unbind(&(parent, name.to_os_string()));
     }
 
     /// Moves whatever `name` in `parent` names to `newname` in `newparent`, unbinding what was
     /// there.
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
+    pub fn rename(&self, parent: NodeId, name: &OsStr, newparent: NodeId, newname: &OsStr) {
         let mut t = self.t.write();
         let old = (parent, name.to_os_string());
         let new = (newparent, newname.to_os_string());
@@ -378,13 +411,14 @@ impl Inodes {
     }
 
     /// Swaps what two names name (RENAME_EXCHANGE).
-    pub fn exchange(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
+    pub fn exchange(&self, parent: NodeId, name: &OsStr, newparent: NodeId, newname: &OsStr) {
         let mut t = self.t.write();
         let ka = (parent, name.to_os_string());
         let kb = (newparent, newname.to_os_string());
         let a = t.names.remove(&ka);
         let b = t.names.remove(&kb);
-        let tmp = (u64::MAX, OsString::new());
+        // No node has this id: a name bound nowhere, while the two are swapped.
+        let tmp = (NodeId(u64::MAX), OsString::new());
         if let Some(a) = a {
             t.names.insert(ka.clone(), a);
             t.move_name(a, &ka, tmp.clone());

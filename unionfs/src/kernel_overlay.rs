@@ -164,26 +164,6 @@ fn escape(p: &Path) -> Vec<u8> {
     std::os::unix::ffi::OsStringExt::into_vec(crate::cli::escape_path(p.as_os_str()))
 }
 
-fn attrs(opts: &Options) -> u64 {
-    let mut a = 0;
-    if !opts.writable() {
-        a |= msys::MOUNT_ATTR_RDONLY;
-    }
-    if opts.nosuid {
-        a |= msys::MOUNT_ATTR_NOSUID;
-    }
-    if opts.nodev {
-        a |= msys::MOUNT_ATTR_NODEV;
-    }
-    if opts.noexec {
-        a |= msys::MOUNT_ATTR_NOEXEC;
-    }
-    if opts.noatime {
-        a |= msys::MOUNT_ATTR_NOATIME;
-    }
-    a
-}
-
 /// Why the kernel driver did not mount the stack. `Display` is one line.
 #[derive(Debug)]
 pub enum KernelError {
@@ -269,7 +249,8 @@ fn mount_new_api(opts: &Options, userxattr: bool) -> Result<(), NewApi> {
         msys::fsconfig_flag(&fs, "volatile").map_err(fail)?;
     }
     msys::fsconfig_create(&fs).map_err(fail)?;
-    msys::fsmount_at(&fs, attrs(opts), &opts.mountpoint).map_err(fail)
+    // The same flags as the classic mount(2) calls: one table, in `mount`.
+    msys::fsmount_at(&fs, crate::mount::mount_attrs(opts), &opts.mountpoint).map_err(fail)
 }
 
 fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
@@ -292,7 +273,6 @@ fn mount_old_api(opts: &Options, userxattr: bool) -> io::Result<()> {
     if opts.volatile {
         data.extend_from_slice(b",volatile");
     }
-    let data = String::from_utf8(data).map_err(|_| sys::err(libc::EINVAL))?;
     // The same flags as the FUSE mount: one mapping from the options, in `mount`.
     let flags = crate::mount::ms_flags(opts);
     msys::mount(&opts.fsname, &opts.mountpoint, "overlay", flags, &data)

@@ -321,21 +321,32 @@ fn signal_thread(signals: &SigSet, our: &OurMount) {
     }
 }
 
+/// The generic VFS options of `opts`: whether each is set, with its mount(2) flag and its
+/// `MOUNT_ATTR_*` for fsmount. One table, so that both mount APIs apply the same options.
+fn vfs_options(opts: &Options) -> [(bool, MsFlags, u64); 5] {
+    [
+        (!opts.writable(), MsFlags::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+        (opts.nodev, MsFlags::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+        (opts.nosuid, MsFlags::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+        (opts.noexec, MsFlags::MS_NOEXEC, sys::MOUNT_ATTR_NOEXEC),
+        (opts.noatime, MsFlags::MS_NOATIME, sys::MOUNT_ATTR_NOATIME),
+    ]
+}
+
 /// The generic VFS flags of `opts` as mount(2) flags (for both drivers' mount(2) calls).
 pub(crate) fn ms_flags(opts: &Options) -> MsFlags {
-    let mut flags = MsFlags::empty();
-    for (on, flag) in [
-        (!opts.writable(), MsFlags::MS_RDONLY),
-        (opts.nodev, MsFlags::MS_NODEV),
-        (opts.nosuid, MsFlags::MS_NOSUID),
-        (opts.noexec, MsFlags::MS_NOEXEC),
-        (opts.noatime, MsFlags::MS_NOATIME),
-    ] {
-        if on {
-            flags |= flag;
-        }
-    }
-    flags
+    vfs_options(opts)
+        .into_iter()
+        .filter(|(on, _, _)| *on)
+        .fold(MsFlags::empty(), |flags, (_, flag, _)| flags | flag)
+}
+
+/// The same flags as `MOUNT_ATTR_*` bits, for fsmount (the kernel driver's new mount API).
+pub(crate) fn mount_attrs(opts: &Options) -> u64 {
+    vfs_options(opts)
+        .into_iter()
+        .filter(|(on, _, _)| *on)
+        .fold(0, |attrs, (_, _, attr)| attrs | attr)
 }
 
 /// Mounts a fresh FUSE connection on the mountpoint; returns the /dev/fuse fd (INIT pending
@@ -401,11 +412,16 @@ fn mount_direct(opts: &Options) -> Result<OwnedFd, MountError> {
         opts.fsname,
         opts.mountpoint.display()
     );
-    sys::mount(&opts.fsname, &opts.mountpoint, FSTYPE, flags, &data).map_err(|err| {
-        MountError::Mount {
-            mountpoint: opts.mountpoint.clone(),
-            err,
-        }
+    sys::mount(
+        &opts.fsname,
+        &opts.mountpoint,
+        FSTYPE,
+        flags,
+        data.as_bytes(),
+    )
+    .map_err(|err| MountError::Mount {
+        mountpoint: opts.mountpoint.clone(),
+        err,
     })?;
     Ok(fd)
 }
@@ -539,6 +555,26 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vfs_flags_of_both_apis() {
+        let mut opts = Options::new(vec![PathBuf::from("/l")], PathBuf::from("/m"));
+        opts.upperdir = Some(PathBuf::from("/u"));
+        assert_eq!(ms_flags(&opts), MsFlags::empty());
+        assert_eq!(mount_attrs(&opts), 0);
+        opts.nodev = true;
+        opts.noatime = true;
+        assert_eq!(ms_flags(&opts), MsFlags::MS_NODEV | MsFlags::MS_NOATIME);
+        assert_eq!(
+            mount_attrs(&opts),
+            sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOATIME
+        );
+        opts.read_only = true;
+        opts.nosuid = true;
+        opts.noexec = true;
+        assert_eq!(ms_flags(&opts).bits().count_ones(), 5);
+        assert_eq!(mount_attrs(&opts), 0x1f);
+    }
 
     #[test]
     fn mountinfo_topmost_wins() {

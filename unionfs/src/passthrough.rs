@@ -10,6 +10,7 @@
 //! readers to the copy), and an open for writing would be bound to the lower file and write
 //! into it. While such a reader is open, opens for writing and truncations get ETXTBSY.
 
+use crate::inodes::NodeId;
 use crate::options::Passthrough;
 use fuser::BackingId;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -38,13 +39,13 @@ pub struct Table {
     /// Set once the kernel accepted passthrough; cleared if it refuses a backing file for want
     /// of privilege.
     enabled: AtomicBool,
-    nodes: Mutex<HashMap<u64, NodeIo>>,
+    nodes: Mutex<HashMap<NodeId, NodeIo>>,
     released: Condvar,
 }
 
 /// What the opener is.
 pub struct Open<'a> {
-    pub ino: u64,
+    pub ino: NodeId,
     pub fd: BorrowedFd<'a>,
     /// `fd` is in the upper layer.
     pub upper: bool,
@@ -78,7 +79,7 @@ impl Table {
     }
 
     /// ETXTBSY when `ino` has a lower file open through passthrough: it may not change.
-    pub fn check_writable(&self, ino: u64) -> io::Result<()> {
+    pub fn check_writable(&self, ino: NodeId) -> io::Result<()> {
         if !self.active() {
             return Ok(());
         }
@@ -89,9 +90,9 @@ impl Table {
     /// Waits (a while) until `ino` has no lower file open through passthrough.
     fn wait_lower_released<'a>(
         &'a self,
-        mut nodes: MutexGuard<'a, HashMap<u64, NodeIo>>,
-        ino: u64,
-    ) -> io::Result<MutexGuard<'a, HashMap<u64, NodeIo>>> {
+        mut nodes: MutexGuard<'a, HashMap<NodeId, NodeIo>>,
+        ino: NodeId,
+    ) -> io::Result<MutexGuard<'a, HashMap<NodeId, NodeIo>>> {
         let deadline = Instant::now() + RELEASE_WAIT;
         while nodes.get(&ino).is_some_and(|n| n.lower && n.opens > 0) {
             if self.released.wait_until(&mut nodes, deadline).timed_out() {
@@ -149,7 +150,7 @@ impl Table {
     }
 
     /// An open registered by `open` was released; the last one closes the backing id.
-    pub fn release(&self, ino: u64) {
+    pub fn release(&self, ino: NodeId) {
         let mut nodes = self.nodes.lock();
         if let Some(n) = nodes.get_mut(&ino) {
             n.opens = n.opens.saturating_sub(1);

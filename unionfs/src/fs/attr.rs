@@ -2,7 +2,7 @@
 
 use super::{kill_suidgid, Res, StrataFs};
 use crate::copy_up::parent_of;
-use crate::inodes::{NodeInfo, ROOT};
+use crate::inodes::{NodeId, NodeInfo, ROOT};
 use crate::layers::is_dir;
 use crate::layers::UPPER;
 use crate::sys;
@@ -88,7 +88,7 @@ pub(super) fn time_of(t: Option<TimeOrNow>) -> sys::Time {
 
 impl StrataFs {
     /// changes; its copy-up drops the kernel's attributes itself (`copy_up_with`).
-    pub(super) fn attr_ttl(&self, ino: u64, a: &FileAttr) -> Duration {
+    pub(super) fn attr_ttl(&self, ino: NodeId, a: &FileAttr) -> Duration {
         let shared = a.nlink > 1 && a.kind != FileType::Directory;
         if shared
             && self
@@ -102,7 +102,7 @@ impl StrataFs {
         }
     }
 
-    pub(super) fn stat_node(&self, ino: u64) -> Res<(sys::Stat, NodeInfo)> {
+    pub(super) fn stat_node(&self, ino: NodeId) -> Res<(sys::Stat, NodeInfo)> {
         let (path, info) = self.node(ino)?;
         if info.unlinked {
             let fd = self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?;
@@ -118,7 +118,7 @@ impl StrataFs {
         Ok((st, info))
     }
 
-    pub(super) fn reply_attr_of(&self, ino: u64) -> Res<FileAttr> {
+    pub(super) fn reply_attr_of(&self, ino: NodeId) -> Res<FileAttr> {
         let (st, info) = self.stat_node(ino)?;
         let mut a = attr(&st, info.layers.len() > 1);
         if let Some(keep) = info.ino {
@@ -130,7 +130,7 @@ impl StrataFs {
     pub(super) fn do_setattr(
         &self,
         req: &Request,
-        ino: u64,
+        ino: NodeId,
         change: SetAttr,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
@@ -188,7 +188,11 @@ impl StrataFs {
     }
 
     /// The attributes of node `ino`, through the open file `fh` if one is given.
-    pub(super) fn do_getattr(&self, ino: u64, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
+    pub(super) fn do_getattr(
+        &self,
+        ino: NodeId,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr, Errno> {
         let r = match fh.and_then(|fh| self.handle(fh).ok()) {
             Some(h) => self.with_fd(&h, sys::fstat).map(|st| attr(&st, false)),
             None => self.reply_attr_of(ino),

@@ -2,6 +2,7 @@
 //! releasedir, fsyncdir.
 
 use super::{DirHandle, RealDir, Res, StrataFs};
+use crate::inodes::NodeId;
 use crate::readdir::{self, MergedEntry};
 use crate::sys;
 use fuser::{Errno, FileHandle, FileType, FopenFlags, INodeNo};
@@ -71,7 +72,7 @@ impl StrataFs {
         g.clone().ok_or_else(|| sys::err(libc::EIO))
     }
 
-    pub(super) fn do_opendir(&self, ino: u64) -> Result<(u64, FopenFlags), Errno> {
+    pub(super) fn do_opendir(&self, ino: NodeId) -> Result<(u64, FopenFlags), Errno> {
         let (path, info) = self.node(ino)?;
         if !info.is_dir {
             return Err(Errno::ENOTDIR);
@@ -158,7 +159,7 @@ impl StrataFs {
         self.dirs.write().remove(&fh.0);
     }
 
-    pub(super) fn do_fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
+    pub(super) fn do_fsyncdir(&self, ino: NodeId, datasync: bool) -> Result<(), Errno> {
         let (path, info) = self.node(ino)?;
         if self.volatile {
             return Ok(());

@@ -4,6 +4,7 @@
 use super::attr::attr;
 use super::{Res, StrataFs};
 use crate::copy_up::parent_of;
+use crate::inodes::NodeId;
 use crate::layers::is_dir;
 use crate::layers::UPPER;
 use crate::sys;
@@ -21,7 +22,11 @@ pub(super) enum NewKind<'a> {
 }
 
 impl StrataFs {
-    pub(super) fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<(u64, FileAttr), Errno> {
+    pub(super) fn do_lookup(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> Result<(NodeId, FileAttr), Errno> {
         let (ppath, pinfo) = self.node(parent)?;
         if !pinfo.is_dir {
             return Err(Errno::ENOTDIR);
@@ -50,10 +55,10 @@ impl StrataFs {
     pub(super) fn create_entry(
         &self,
         req: &Request,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         kind: NewKind,
-    ) -> Result<(u64, FileAttr, Option<OwnedFd>), Errno> {
+    ) -> Result<(NodeId, FileAttr, Option<OwnedFd>), Errno> {
         self.changing(|| {
             self.check_writable()?;
             if name.len() > 255 {
@@ -143,10 +148,10 @@ impl StrataFs {
 
     pub(super) fn do_link(
         &self,
-        ino: u64,
-        newparent: u64,
+        ino: NodeId,
+        newparent: NodeId,
         newname: &OsStr,
-    ) -> Result<(u64, FileAttr), Errno> {
+    ) -> Result<(NodeId, FileAttr), Errno> {
         self.changing(|| {
             self.check_writable()?;
             if newname.len() > 255 {
@@ -185,7 +190,7 @@ impl StrataFs {
     }
 
     /// The kernel dropped `nlookup` references to node `ino`.
-    pub(super) fn do_forget(&self, ino: u64, nlookup: u64) {
+    pub(super) fn do_forget(&self, ino: NodeId, nlookup: u64) {
         let shrunk = self.inodes.forget(ino, nlookup);
         if self.inodes.get(ino).is_none() {
             self.orphans.lock().remove(&ino);
@@ -200,7 +205,7 @@ impl StrataFs {
         }
     }
 
-    pub(super) fn do_readlink(&self, ino: u64) -> Result<OsString, Errno> {
+    pub(super) fn do_readlink(&self, ino: NodeId) -> Result<OsString, Errno> {
         let (path, info) = self.node(ino)?;
         let dir = self.layers.dir(info.layers[0], parent_of(&path))?;
         Ok(sys::readlinkat(dir.fd(), &info.name)?)

@@ -3,6 +3,7 @@
 
 use super::entry::NewKind;
 use super::{kill_suidgid, Handle, Res, StrataFs};
+use crate::inodes::NodeId;
 use crate::layers::LayerIdx;
 use crate::layers::UPPER;
 use crate::passthrough::Open;
@@ -17,14 +18,14 @@ use std::sync::Arc;
 
 /// A file made by CREATE, open.
 pub(super) struct Created {
-    pub ino: u64,
+    pub ino: NodeId,
     pub attr: FileAttr,
     pub fh: u64,
     pub backing: Option<Arc<fuser::BackingId>>,
 }
 
 impl StrataFs {
-    pub(super) fn add_file(&self, ino: u64, flags: i32, fd: OwnedFd, layer: LayerIdx) -> u64 {
+    pub(super) fn add_file(&self, ino: NodeId, flags: i32, fd: OwnedFd, layer: LayerIdx) -> u64 {
         let fh = self.new_fh();
         self.files.write().insert(
             fh,
@@ -92,7 +93,7 @@ impl StrataFs {
         f(g.0.as_fd())
     }
 
-    fn open_file(&self, ino: u64, flags: i32) -> Res<u64> {
+    fn open_file(&self, ino: NodeId, flags: i32) -> Res<u64> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
@@ -115,7 +116,7 @@ impl StrataFs {
     pub(super) fn do_open(
         &self,
         req: &Request,
-        ino: u64,
+        ino: NodeId,
         flags: i32,
         register: impl FnOnce(BorrowedFd) -> io::Result<fuser::BackingId>,
     ) -> Result<(u64, FopenFlags, Option<Arc<fuser::BackingId>>), Errno> {
@@ -152,7 +153,7 @@ impl StrataFs {
     pub(super) fn do_create(
         &self,
         req: &Request,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         flags: i32,

@@ -6,6 +6,7 @@ use super::attr::{attr, SetAttr};
 use super::entry::NewKind;
 use super::file::Created;
 use super::StrataFs;
+use crate::inodes::NodeId;
 use crate::sys;
 use fuser::{
     Errno, FileAttr, FileHandle, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
@@ -36,14 +37,14 @@ fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
 
 impl StrataFs {
     /// `reply_entry` for mknod/mkdir/symlink, whose entry's third part only CREATE uses.
-    fn reply_new_entry<T>(&self, reply: ReplyEntry, r: Result<(u64, FileAttr, T), Errno>) {
+    fn reply_new_entry<T>(&self, reply: ReplyEntry, r: Result<(NodeId, FileAttr, T), Errno>) {
         self.reply_entry(reply, r.map(|(i, a, _)| (i, a)));
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: Result<(u64, FileAttr), Errno>) {
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<(NodeId, FileAttr), Errno>) {
         match r {
             Ok((ino, a)) => reply.entry_node(
-                INodeNo(ino),
+                ino.into(),
                 &self.attr_ttl(ino, &a),
                 &self.ttl,
                 &a,
@@ -89,7 +90,7 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent.0, name) {
+        match self.do_lookup(NodeId::from(parent), name) {
             // A negative entry (node id 0) lets the kernel cache the miss; creating the name
             // through the mount replaces it.
             Err(Errno::ENOENT) => {
@@ -104,12 +105,12 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.do_forget(ino.0, nlookup);
+        self.do_forget(NodeId::from(ino), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.do_getattr(ino.0, fh) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0, &a), &a),
+        match self.do_getattr(NodeId::from(ino), fh) {
+            Ok(a) => reply.attr(&self.attr_ttl(NodeId::from(ino), &a), &a),
             Err(e) => reply.error(e),
         }
     }
@@ -138,14 +139,14 @@ impl fuser::Filesystem for StrataFs {
             size,
             times: (atime, mtime),
         };
-        match self.do_setattr(req, ino.0, change, fh) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0, &a), &a),
+        match self.do_setattr(req, NodeId::from(ino), change, fh) {
+            Ok(a) => reply.attr(&self.attr_ttl(NodeId::from(ino), &a), &a),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.do_readlink(ino.0) {
+        match self.do_readlink(NodeId::from(ino)) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(e),
         }
@@ -170,7 +171,10 @@ impl fuser::Filesystem for StrataFs {
             mode,
             rdev: rdev as u64,
         };
-        self.reply_new_entry(reply, self.create_entry(req, parent.0, name, kind));
+        self.reply_new_entry(
+            reply,
+            self.create_entry(req, NodeId::from(parent), name, kind),
+        );
     }
 
     fn mkdir(
@@ -182,16 +186,16 @@ impl fuser::Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.create_entry(req, parent.0, name, NewKind::Dir { mode });
+        let r = self.create_entry(req, NodeId::from(parent), name, NewKind::Dir { mode });
         self.reply_new_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.do_remove(parent.0, name, false))
+        reply_empty(reply, self.do_remove(NodeId::from(parent), name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.do_remove(parent.0, name, true))
+        reply_empty(reply, self.do_remove(NodeId::from(parent), name, true))
     }
 
     fn symlink(
@@ -205,7 +209,10 @@ impl fuser::Filesystem for StrataFs {
         let kind = NewKind::Symlink {
             target: target.as_os_str(),
         };
-        self.reply_new_entry(reply, self.create_entry(req, parent.0, link_name, kind));
+        self.reply_new_entry(
+            reply,
+            self.create_entry(req, NodeId::from(parent), link_name, kind),
+        );
     }
 
     fn rename(
@@ -220,7 +227,13 @@ impl fuser::Filesystem for StrataFs {
     ) {
         reply_empty(
             reply,
-            self.do_rename(parent.0, name, newparent.0, newname, flags.bits()),
+            self.do_rename(
+                NodeId::from(parent),
+                name,
+                NodeId::from(newparent),
+                newname,
+                flags.bits(),
+            ),
         )
     }
 
@@ -232,12 +245,12 @@ impl fuser::Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.do_link(ino.0, newparent.0, newname);
+        let r = self.do_link(NodeId::from(ino), NodeId::from(newparent), newname);
         self.reply_entry(reply, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(req, ino.0, flags.0, |fd| reply.open_backing(fd)) {
+        match self.do_open(req, NodeId::from(ino), flags.0, |fd| reply.open_backing(fd)) {
             // The page cache is the backing file's: no FUSE caching flag applies.
             Ok((fh, _, Some(b))) => {
                 reply.opened_passthrough(FileHandle(fh), fuser::FopenFlags::empty(), &b)
@@ -322,7 +335,7 @@ impl fuser::Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_opendir(ino.0) {
+        match self.do_opendir(NodeId::from(ino)) {
             Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(e),
         }
@@ -365,7 +378,7 @@ impl fuser::Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.do_fsyncdir(ino.0, datasync))
+        reply_empty(reply, self.do_fsyncdir(NodeId::from(ino), datasync))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -394,19 +407,22 @@ impl fuser::Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.do_setxattr(ino.0, name, value, flags))
+        reply_empty(
+            reply,
+            self.do_setxattr(NodeId::from(ino), name, value, flags),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.do_getxattr(ino.0, name))
+        reply_xattr(reply, size, self.do_getxattr(NodeId::from(ino), name))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.do_listxattr(ino.0, size))
+        reply_xattr(reply, size, self.do_listxattr(NodeId::from(ino), size))
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.do_removexattr(ino.0, name))
+        reply_empty(reply, self.do_removexattr(NodeId::from(ino), name))
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -423,7 +439,7 @@ impl fuser::Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.do_create(req, parent.0, name, mode, flags, |fd| {
+        let r = self.do_create(req, NodeId::from(parent), name, mode, flags, |fd| {
             reply.open_backing(fd)
         });
         match r {
@@ -433,7 +449,7 @@ impl fuser::Filesystem for StrataFs {
                 fh,
                 backing,
             }) => reply.created_node(
-                INodeNo(ino),
+                ino.into(),
                 &self.ttl,
                 &attr,
                 Generation(0),

@@ -15,7 +15,7 @@ mod rename;
 mod xattr;
 
 use crate::copy_up::CopyUp;
-use crate::inodes::{Inodes, NodeInfo};
+use crate::inodes::{Inodes, NodeId, NodeInfo};
 use crate::layers::{LayerIdx, Layers};
 use crate::options::Options;
 use crate::passthrough;
@@ -44,7 +44,7 @@ const LISTINGS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(1024)
 /// An open file: the real fd and the layer it was opened in. A read-only fd of a lower file is
 /// reopened from the upper layer once the file has been copied up, as the kernel's overlay does.
 struct Handle {
-    ino: u64,
+    ino: NodeId,
     flags: i32,
     file: RwLock<(OwnedFd, LayerIdx)>,
     /// Counted in `StrataFs::passthrough` (to be released there).
@@ -60,7 +60,7 @@ struct RealDir {
 }
 
 struct DirHandle {
-    ino: u64,
+    ino: NodeId,
     /// A merged directory's listing, taken at offset 0.
     entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
     /// A directory of a single layer: the real directory, read with its own offsets.
@@ -78,7 +78,7 @@ pub struct StrataFs {
     files: RwLock<HashMap<u64, Arc<Handle>>>,
     /// `O_PATH` fds of nodes removed from the tree while the kernel still holds them (a fifo
     /// open elsewhere, a file being unlinked): their attributes stay reachable until forgotten.
-    orphans: Mutex<HashMap<u64, OwnedFd>>,
+    orphans: Mutex<HashMap<NodeId, OwnedFd>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     writable: bool,
@@ -91,7 +91,7 @@ pub struct StrataFs {
     generation: AtomicU64,
     /// Merged listings by directory node, with their generation; a warm `find` reuses them as
     /// the kernel's overlay reuses its cached listings.
-    listings: Mutex<lru::LruCache<u64, (u64, Listing)>>,
+    listings: Mutex<lru::LruCache<NodeId, (u64, Listing)>>,
     passthrough: passthrough::Table,
     uring: bool,
 }
@@ -141,7 +141,7 @@ impl StrataFs {
     }
 
     /// Copies node `ino` (and missing parents) up; see `copy_up_with`.
-    fn copy_up(&self, ino: u64) -> Res<()> {
+    fn copy_up(&self, ino: NodeId) -> Res<()> {
         self.copy_up_with(ino, true)
     }
 
@@ -151,7 +151,7 @@ impl StrataFs {
     /// lock of ours guards). The directory above the topmost copy was in the upper layer
     /// already: its listing is not cached by the kernel, and the copy-up restores its times, so
     /// it keeps its attributes (saving the GETATTR that would follow every copy-up).
-    fn copy_up_with(&self, ino: u64, data: bool) -> Res<()> {
+    fn copy_up_with(&self, ino: NodeId, data: bool) -> Res<()> {
         let copied = self
             .copy
             .ensure_upper_with(&self.layers, &self.inodes, ino, data)?;
@@ -159,7 +159,7 @@ impl StrataFs {
             self.changed();
         }
         if let (false, Some(n)) = (copied.is_empty(), self.notifier.get()) {
-            let mut dirs: Vec<u64> = Vec::new();
+            let mut dirs: Vec<NodeId> = Vec::new();
             for &c in &copied {
                 if self.inodes.get(c).is_some_and(|info| info.is_dir) {
                     dirs.push(c);
@@ -168,7 +168,7 @@ impl StrataFs {
             dirs.sort_unstable();
             dirs.dedup();
             for d in dirs {
-                if let Err(e) = n.inval_inode(fuser::INodeNo(d), 0, 0) {
+                if let Err(e) = n.inval_inode(d.into(), 0, 0) {
                     log::debug!("inval_inode({d}): {e}");
                 }
             }
@@ -176,7 +176,7 @@ impl StrataFs {
             // hard-linked lower file becomes a file of one link.
             for &c in &copied {
                 if self.inodes.get(c).is_some_and(|i| !i.is_dir) {
-                    if let Err(e) = n.inval_inode(fuser::INodeNo(c), -1, 0) {
+                    if let Err(e) = n.inval_inode(c.into(), -1, 0) {
                         log::debug!("inval_inode({c}): {e}");
                     }
                 }
@@ -192,7 +192,7 @@ impl StrataFs {
 
     /// How long the kernel may keep the attributes of node `ino`: not at all for an upper file
     /// with several links, which its other names (other nodes) may change. A lower file never
-    fn node(&self, ino: u64) -> Res<(OsString, NodeInfo)> {
+    fn node(&self, ino: NodeId) -> Res<(OsString, NodeInfo)> {
         self.inodes.path(ino).ok_or_else(|| sys::err(libc::ESTALE))
     }
 
@@ -206,7 +206,7 @@ impl StrataFs {
 
     /// The fd kept when node `ino` was removed (its last state: a copy-up after a read-only
     /// open included), else any open fd of it (for a node no longer reachable by name).
-    fn any_fd_of(&self, ino: u64) -> Option<OwnedFd> {
+    fn any_fd_of(&self, ino: NodeId) -> Option<OwnedFd> {
         if let Some(fd) = self.orphans.lock().get(&ino) {
             return sys::dup(fd.as_fd()).ok();
         }
@@ -219,7 +219,7 @@ impl StrataFs {
 
     /// Before `name` in `parent` leaves the tree: keep an fd of the entry the kernel may still
     /// hold a node for.
-    fn keep_orphan(&self, parent: u64, name: &OsStr) {
+    fn keep_orphan(&self, parent: NodeId, name: &OsStr) {
         let Some(ino) = self.inodes.child(parent, name) else {
             return;
         };
@@ -231,7 +231,7 @@ impl StrataFs {
     }
 
     /// An `O_PATH` fd of the node's topmost entry, or of an open fd if it was unlinked.
-    fn node_fd(&self, ino: u64) -> Res<(OwnedFd, NodeInfo)> {
+    fn node_fd(&self, ino: NodeId) -> Res<(OwnedFd, NodeInfo)> {
         let (path, info) = self.node(ino)?;
         if info.unlinked {
             let fd = self.any_fd_of(ino).ok_or_else(|| sys::err(libc::ENOENT))?;

@@ -1,6 +1,7 @@
 //! Rename and removal (unlink, rmdir): both leave whiteouts where a lower layer has the name.
 
 use super::{Res, StrataFs};
+use crate::inodes::NodeId;
 use crate::layers::join;
 use crate::layers::UPPER;
 use crate::readdir;
@@ -12,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 impl StrataFs {
     /// The node of `name` in `parent` as found by a lookup, made if the kernel never looked it up.
-    fn node_of(&self, parent: u64, name: &OsStr, f: &crate::layers::Found) -> u64 {
+    fn node_of(&self, parent: NodeId, name: &OsStr, f: &crate::layers::Found) -> NodeId {
         self.inodes.child(parent, name).unwrap_or_else(|| {
             self.inodes
                 .insert(parent, name, f.layers.clone(), f.is_dir(), f.origin_ino)
@@ -21,7 +22,7 @@ impl StrataFs {
 
     /// Removes `name` from `parent` (a directory if `dir`), leaving a whiteout where a lower
     /// layer has the name.
-    pub(super) fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+    pub(super) fn do_remove(&self, parent: NodeId, name: &OsStr, dir: bool) -> Result<(), Errno> {
         self.changing(|| {
             self.check_writable()?;
             let (ppath, pinfo) = self.node(parent)?;
@@ -91,9 +92,9 @@ impl StrataFs {
 
     pub(super) fn do_rename(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &OsStr,
         flags: u32,
     ) -> Result<(), Errno> {

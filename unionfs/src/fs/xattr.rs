@@ -1,19 +1,20 @@
 //! Extended attributes, with the layers' private names escaped and hidden.
 
 use super::{Res, StrataFs};
+use crate::inodes::NodeId;
 use crate::sys;
 use fuser::Errno;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 
 impl StrataFs {
-    fn xattr_target(&self, ino: u64) -> Res<OwnedFd> {
+    fn xattr_target(&self, ino: NodeId) -> Res<OwnedFd> {
         Ok(self.node_fd(ino)?.0)
     }
 
     pub(super) fn do_setxattr(
         &self,
-        ino: u64,
+        ino: NodeId,
         name: &OsStr,
         value: &[u8],
         flags: i32,
@@ -25,13 +26,13 @@ impl StrataFs {
         Ok(sys::fsetxattr(fd.as_fd(), &name, value, flags)?)
     }
 
-    pub(super) fn do_getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub(super) fn do_getxattr(&self, ino: NodeId, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let name = self.layers.escape_xattr(name);
         let fd = self.xattr_target(ino)?;
         Ok(sys::fgetxattr(fd.as_fd(), &name)?)
     }
 
-    pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    pub(super) fn do_listxattr(&self, ino: NodeId, size: u32) -> Result<Vec<u8>, Errno> {
         let fd = self.xattr_target(ino)?;
         let raw = sys::flistxattr(fd.as_fd())?;
         // The kernel's overlay answers a size query with the real list's length, private
@@ -49,7 +50,7 @@ impl StrataFs {
         Ok(out)
     }
 
-    pub(super) fn do_removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+    pub(super) fn do_removexattr(&self, ino: NodeId, name: &OsStr) -> Result<(), Errno> {
         let name = self.layers.escape_xattr(name);
         self.check_writable()?;
         // Removing an xattr the file does not have changes nothing: no copy-up for it.

@@ -43,13 +43,13 @@ pub fn open_fuse_device() -> io::Result<OwnedFd> {
     above_stdio(OwnedFd::from(file))
 }
 
-/// mount(2).
+/// mount(2). `data` is bytes: the options name layer paths, which need not be UTF-8.
 pub fn mount(
     source: &str,
     target: &Path,
     fstype: &str,
     flags: MsFlags,
-    data: &str,
+    data: &[u8],
 ) -> io::Result<()> {
     nix::mount::mount(Some(source), target, Some(fstype), flags, Some(data)).map_err(nix_err)
 }
