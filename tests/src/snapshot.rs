@@ -29,18 +29,27 @@ pub type TimesIno = ((i64, i64), (i64, i64), u64);
 /// One entry of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    pub kind: Kind,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: Option<u64>,
-    pub nlink: Option<u64>,
-    pub rdev: Option<(u32, u32)>,
+    /// Type, permissions, owner, size, links, device: `ops`'s comparable stat fields (reached
+    /// through Deref: `entry.kind`).
+    pub st: St,
     pub content: Option<Blob>,
     pub target: Option<String>,
     pub xattrs: BTreeMap<String, Data>,
     /// (mtime, ctime, ino), only with `SnapOpts::exact`.
     pub times_ino: Option<TimesIno>,
+}
+
+impl std::ops::Deref for Entry {
+    type Target = St;
+    fn deref(&self) -> &St {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut St {
+        &mut self.st
+    }
 }
 
 /// relative path ("" = the root) → entry
@@ -126,26 +135,26 @@ fn hash_file(fd: &OwnedFd) -> R<Blob> {
 
 fn entry_at(dirfd: RawFd, name: &str, st: &libc::stat, opts: &SnapOpts) -> Entry {
     let blank = |kind| Entry {
-        kind,
-        perm: 0,
-        uid: 0,
-        gid: 0,
-        size: None,
-        nlink: None,
-        rdev: None,
+        st: St {
+            kind,
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            size: None,
+            nlink: None,
+            rdev: None,
+        },
         content: None,
         target: None,
         xattrs: BTreeMap::new(),
         times_ino: None,
     };
-    let mut e = Entry {
-        perm: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: Some(st.st_size as u64),
-        nlink: Some(st.st_nlink),
-        ..blank(Kind::of_mode(st.st_mode))
-    };
+    let mut e = blank(Kind::of_mode(st.st_mode));
+    e.perm = st.st_mode & 0o7777;
+    e.uid = st.st_uid;
+    e.gid = st.st_gid;
+    e.size = Some(st.st_size as u64);
+    e.nlink = Some(st.st_nlink);
     if matches!(e.kind, Kind::Char | Kind::Block) {
         e.rdev = Some((libc::major(st.st_rdev), libc::minor(st.st_rdev)));
     }
