@@ -89,6 +89,7 @@ const BPF_ALU32_RSH_K: u8 = 0x74;
 const BPF_ALU64_MOV_K: u8 = 0xb7;
 const BPF_ALU64_MOV_X: u8 = 0xbf;
 const BPF_JMP_JNE_K: u8 = 0x55;
+const BPF_JMP_JNE_X: u8 = 0x5d;
 const BPF_EXIT: u8 = 0x95;
 /// struct bpf_cgroup_dev_ctx's `type` values in the low 16 bits of `access_type`.
 const BPF_DEVCG_DEV_BLOCK: i32 = 1;
@@ -139,7 +140,7 @@ pub fn program(rules: &[Rule]) -> Vec<u64> {
             // r1 = access & allowed; the request is covered when nothing was masked off.
             p.push(insn(BPF_ALU64_MOV_X, 1, 3, 0, 0));
             p.push(insn(BPF_ALU32_AND_K, 1, 0, 0, r.access as i32));
-            p.push(insn(0x5d, 1, 3, 2, 0)); // BPF_JMP | BPF_JNE | BPF_X: r1 != r3
+            p.push(insn(BPF_JMP_JNE_X, 1, 3, 2, 0)); // r1 != r3: not covered
         }
         p.push(insn(BPF_ALU64_MOV_K, 0, 0, 0, 1));
         p.push(insn(BPF_EXIT, 0, 0, 0, 0));
@@ -178,7 +179,7 @@ mod tests {
                         pc = (pc as i64 + off as i64) as usize;
                     }
                 }
-                0x5d => {
+                BPF_JMP_JNE_X => {
                     if r[dst] != r[src] {
                         pc = (pc as i64 + off as i64) as usize;
                     }

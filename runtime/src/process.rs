@@ -73,7 +73,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 /// The signals `strata` passes on to the container instead of dying of them (Docker's
 /// sig-proxy set less SIGPIPE, which a write of `strata` itself raises, and SIGWINCH, the
@@ -89,7 +89,7 @@ const FORWARDED: &[Signal] = &[
 ];
 
 /// The pty master of `-t`, once the container has sent it.
-type Console = Arc<Mutex<Option<Arc<std::fs::File>>>>;
+type Console = Arc<OnceLock<Arc<std::fs::File>>>;
 
 fn stop_signals() -> SigSet {
     let mut s = SigSet::empty();
@@ -286,7 +286,7 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
 
     let init_pid = Arc::new(AtomicI32::new(0));
     let pending = Arc::new(AtomicI32::new(0));
-    let console: Console = Arc::new(Mutex::new(None));
+    let console: Console = Arc::new(OnceLock::new());
     {
         let (init_pid, pending, console) = (init_pid.clone(), pending.clone(), console.clone());
         std::thread::spawn(move || forward_signals(&signals, &init_pid, &pending, &console));
@@ -318,9 +318,7 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
                         failure.get_or_insert((error::EXIT_RUNTIME, format!("tty relay: {e}")));
                     }
                 }
-                if let Ok(mut c) = console.lock() {
-                    *c = Some(master);
-                }
+                let _ = console.set(master);
             }
             b'U' => {
                 let r = idmap
@@ -423,8 +421,8 @@ fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32, cons
     while let Ok(info) = sys::wait_signal(set) {
         if info.signal == Signal::SIGWINCH {
             // The caller's window changed: the container's terminal follows (-t).
-            if let Some(master) = console.lock().ok().and_then(|c| c.clone()) {
-                let _ = sys::copy_window_size(&std::io::stdin(), &*master);
+            if let Some(master) = console.get() {
+                let _ = sys::copy_window_size(&std::io::stdin(), &**master);
             }
             continue;
         }
@@ -662,13 +660,15 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
             return ProcessError::Refused(line).into();
         }
     }
+    let load_seccomp = || match &cfg.seccomp {
+        Some(filter) => filter.load().map_err(setup("loading the seccomp filter")),
+        None => Ok(()),
+    };
     // Without no_new_privs only a process with CAP_SYS_ADMIN may install a filter: before
     // --user drops it (as runc does); the filter then covers the steps below.
     if !cfg.no_new_privs {
-        if let Some(filter) = &cfg.seccomp {
-            if let Err(e) = filter.load() {
-                return setup("loading the seccomp filter")(e);
-            }
+        if let Err(e) = load_seccomp() {
+            return e;
         }
     }
     let (uid, gid) = cfg.user.unwrap_or((0, 0));
@@ -734,9 +734,9 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
         return setup("closing file descriptors")(e);
     }
     // Last: from here on only execve runs, under the filter.
-    if let Some(filter) = cfg.seccomp.as_ref().filter(|_| cfg.no_new_privs) {
-        if let Err(e) = filter.load() {
-            return setup("loading the seccomp filter")(e);
+    if cfg.no_new_privs {
+        if let Err(e) = load_seccomp() {
+            return e;
         }
     }
     match sys::execve(&prog, &args, &env) {

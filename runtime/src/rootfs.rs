@@ -3,8 +3,9 @@
 //!
 //! 1. `/` is made recursively private, so nothing propagates back to the host;
 //! 2. the layer stack is mounted on a private directory (kernel driver; the FUSE driver's
-//!    mount is already there) and made `nodev`, as is every mount under it but /dev, and what must come from the host later (bind sources, the
-//!    /dev nodes) is taken now as detached mount trees (`open_tree`);
+//!    mount is already there) and made `nodev`, as is every mount under it but /dev; what
+//!    must come from the host later (bind sources, the /dev nodes) is taken now as detached
+//!    mount trees (`open_tree`);
 //! 3. under the new root: `/proc` (a new instance), a minimal `/dev` (tmpfs with null, zero,
 //!    full, random, urandom, tty, pts, shm and the
 //!    fd/stdin/stdout/stderr links), `/sys` read-only (with the container's cgroup v2 at

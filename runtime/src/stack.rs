@@ -55,10 +55,8 @@ impl Workspace {
     pub fn create(id: &str, cfg: &Config) -> Result<Workspace, Error> {
         let base = state::base()?;
         create_private_dir(&base)?;
-        // What runtimes killed before they could clean up left behind.
-        for dead in state::collect(&base) {
-            info!("removed the leftovers of container {dead}");
-        }
+        // What runtimes killed before they could clean up left behind (logged there).
+        state::collect(&base);
         let lock = state::Lock::create(&base, id)?;
         let dir = base.join(id);
         fs::create_dir(&dir).map_err(|e| io_err("creating", &dir, e))?;
@@ -313,6 +311,25 @@ fn probe(m: &StackMount, ws: &Workspace, rootless: bool) -> Result<(), String> {
     }
 }
 
+/// Unmounts the FUSE mount on `mountpoint` (lazily: MNT_DETACH / `fusermount3 -z`): umount(2)
+/// as root, fusermount3 otherwise. Best effort: callers check what is left.
+pub fn unmount_fuse(mountpoint: &Path, lazy: bool) {
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        if let Err(e) = sys::umount(mountpoint, flags) {
+            debug!("umount {}: {e}", mountpoint.display());
+        }
+    } else {
+        let mut c = Command::new("fusermount3");
+        c.arg(if lazy { "-uz" } else { "-u" }).arg(mountpoint);
+        let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
 /// Locates stratafs: $STRATAFS_BIN, else next to this executable, else in PATH.
 pub fn stratafs_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("STRATAFS_BIN") {
@@ -400,20 +417,7 @@ impl FuseDaemon {
     }
 
     fn unmount(&self, lazy: bool) {
-        if nix::unistd::geteuid().is_root() {
-            let flags = if lazy {
-                MntFlags::MNT_DETACH
-            } else {
-                MntFlags::empty()
-            };
-            if let Err(e) = sys::umount(&self.mountpoint, flags) {
-                debug!("umount {}: {e}", self.mountpoint.display());
-            }
-        } else {
-            let mut c = Command::new("fusermount3");
-            c.arg(if lazy { "-uz" } else { "-u" }).arg(&self.mountpoint);
-            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
+        unmount_fuse(&self.mountpoint, lazy);
     }
 
     /// Unmounts the stack and waits for the daemon to end (SIGTERM, then SIGKILL).

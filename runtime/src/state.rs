@@ -16,16 +16,14 @@
 
 use crate::cgroups;
 use crate::error::Error;
-use crate::sys;
+use crate::stack::unmount_fuse;
 use log::{debug, info, warn};
 use nix::fcntl::{Flock, FlockArg};
-use nix::mount::MntFlags;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 pub(crate) fn io_err(what: &str, path: &Path, err: io::Error) -> Error {
     Error::Io {
@@ -206,21 +204,6 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-fn unmount(path: &Path) {
-    if nix::unistd::geteuid().is_root() {
-        if let Err(e) = sys::umount(path, MntFlags::MNT_DETACH) {
-            debug!("umount {}: {e}", path.display());
-        }
-    } else {
-        let _ = Command::new("fusermount3")
-            .arg("-uz")
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 fn clean(base: &Path, id: &str) -> Result<(), Error> {
     let dir = base.join(id);
     let root = dir.join("root");
@@ -237,7 +220,7 @@ fn clean(base: &Path, id: &str) -> Result<(), Error> {
         debug!("removed the cgroup {}", cg.display());
     }
     if is_mount_point(&root) {
-        unmount(&root);
+        unmount_fuse(&root, true);
     }
     if is_mount_point(&root) {
         return Err(io_err(

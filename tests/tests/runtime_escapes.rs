@@ -12,9 +12,8 @@ mod runtime_common;
 
 use runtime_common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 fn rootfs(name: &str) -> Rootfs {
@@ -62,11 +61,6 @@ int main(void) {
     return 0;
 }
 "#;
-
-fn tiocsti() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| static_helper("tiocsti", TIOCSTI_C))
-}
 
 fn layers(r: &Rootfs) -> String {
     r.layer_args().join(" ")
@@ -116,7 +110,7 @@ fn the_command_leads_its_own_session() {
 #[test]
 fn tiocsti_on_the_callers_terminal_is_refused() {
     let r = rootfs("tiocsti");
-    let helper = tiocsti();
+    let helper = static_helper("tiocsti", TIOCSTI_C);
     // Control: on the caller's own terminal, outside any container, the ioctl works.
     let host = on_a_terminal(
         &r,
