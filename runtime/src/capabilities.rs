@@ -118,6 +118,16 @@ impl CapSet {
         Ok(CapSet(set))
     }
 
+    /// The set of the named capabilities (an OCI bundle's bounding set); an unknown name is
+    /// the error.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<CapSet, String> {
+        let mut mask = 0u64;
+        for n in names {
+            mask |= 1 << number(n).ok_or_else(|| n.to_string())?;
+        }
+        Ok(CapSet(mask))
+    }
+
     pub fn contains(&self, cap: u32) -> bool {
         cap < 64 && self.0 & (1 << cap) != 0
     }

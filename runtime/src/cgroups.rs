@@ -444,6 +444,14 @@ impl Cgroup {
         &self.path
     }
 
+    /// Every directory of the cgroup (one per hierarchy in use).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match &self.kind {
+            Kind::V2 => vec![self.path.clone()],
+            Kind::V1(d) => d.iter().map(|(_, p)| p.clone()).collect(),
+        }
+    }
+
     /// Moves the calling process into the cgroup.
     pub fn join(&self) -> Result<(), CgroupError> {
         match &self.kind {
@@ -509,11 +517,7 @@ impl Cgroup {
         if self.removed {
             return Ok(());
         }
-        let dirs: Vec<PathBuf> = match &self.kind {
-            Kind::V2 => vec![self.path.clone()],
-            Kind::V1(d) => d.iter().map(|(_, p)| p.clone()).collect(),
-        };
-        for dir in &dirs {
+        for dir in &self.paths() {
             remove_dir(dir)?;
         }
         self.removed = true;

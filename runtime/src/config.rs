@@ -142,6 +142,8 @@ pub struct Config {
     /// The compiled seccomp filter; `None` when unconfined.
     pub seccomp: Option<Filter>,
     pub command: Vec<OsString>,
+    /// The OCI form's settings (`strata create`/`run` with a bundle); `None` for `strata run`.
+    pub oci: Option<Box<crate::oci::bundle::OciSettings>>,
 }
 
 /// The option values as given on the command line (see `main`).
@@ -430,6 +432,7 @@ impl Config {
             no_new_privs: security.no_new_privs.unwrap_or(true),
             seccomp,
             command: raw.command,
+            oci: None,
         })
     }
 }

@@ -139,6 +139,8 @@ impl fmt::Display for CgroupError {
 #[derive(Debug)]
 pub enum NamespaceError {
     Unshare { what: String, errno: Errno },
+    /// An OCI bundle's namespace path that cannot be joined.
+    Join { path: PathBuf, errno: Errno },
     Hostname { name: String, errno: Errno },
     Loopback(Errno),
     BecomeRoot(Errno),
@@ -157,6 +159,14 @@ impl fmt::Display for NamespaceError {
                     write!(f, " (are unprivileged user namespaces disabled? see sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces)")?;
                 }
                 Ok(())
+            }
+            NamespaceError::Join { path, errno } => {
+                write!(
+                    f,
+                    "joining the namespace {}: {}",
+                    path.display(),
+                    errno_text(*errno)
+                )
             }
             NamespaceError::Hostname { name, errno } => {
                 write!(f, "setting the hostname to {name}: {}", errno_text(*errno))

@@ -5,6 +5,7 @@
 //! Modules, one per concept (model: youki):
 //! * [`config`]: the validated command line;
 //! * [`capabilities`]: the container's capability set (`--cap-add`, `--cap-drop`);
+//! * [`oci`]: the OCI runtime form (`create`, `start`, `state`…) over a bundle's config.json;
 //! * [`process`]: the process sequence (parent, intermediate, init, command), documented there;
 //! * [`namespaces`], [`idmap`]: the namespaces and the user namespace's uid/gid maps;
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
@@ -27,8 +28,10 @@ pub mod cgroups;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod hooks;
 pub mod idmap;
 pub mod namespaces;
+pub mod oci;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

@@ -9,21 +9,45 @@ use std::io::Write;
 use std::path::PathBuf;
 use strata_runtime::config::{Config, RawArgs};
 use strata_runtime::error::EXIT_USAGE;
+use strata_runtime::oci::cli as oci_cli;
 
 #[derive(Parser)]
 #[command(
     name = "strata",
     version,
-    about = "A minimal container runtime over a layer stack (kernel overlay or stratafs)"
+    about = "A minimal container runtime over a layer stack (kernel overlay or stratafs)",
+    after_help = "\
+The OCI runtime commands (create, start, state, kill, delete, run ID, exec, ps, list, spec, \
+features) take the same options as runc's and crun's, so engines such as podman (--runtime) \
+and containerd's runc shim can use strata."
 )]
 struct Cli {
+    /// OCI: the directory of the containers' state (default /run/strata/oci as root)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// OCI: write the runtime's log (and its errors) to FILE
+    #[arg(long, global = true, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// OCI: the log's format, text or json
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: String,
+    /// OCI: log debug messages
+    #[arg(long, global = true)]
+    debug: bool,
+    /// OCI (runc's): use systemd for cgroups; accepted, strata manages cgroupfs itself
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// OCI (runc's): ignored, strata detects whether it runs rootless
+    #[arg(long, global = true, value_name = "true|false|auto", num_args = 0..=1, default_missing_value = "true")]
+    rootless: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a command in a new container.
+    /// Run a command in a new container (--layer ... -- CMD); or, given a container ID, create
+    /// and start the OCI bundle's container (as runc run).
     #[command(after_help = "\
 Exit status: the command's, or 128+N when a signal N killed it; 2 for bad input; 125 when the \
 runtime itself failed; 126 when the command cannot be executed; 127 when it does not exist in \
@@ -36,13 +60,105 @@ the container.")]
         #[arg(short, long, action = ArgAction::Count)]
         verbose: u8,
     },
+    /// OCI: create a container from a bundle; its process waits for `start`
+    Create(CreateCmd),
+    /// OCI: start the process of a created container
+    Start { id: String },
+    /// OCI: print a container's state (JSON)
+    State { id: String },
+    /// OCI: send a signal (default TERM) to a container's process
+    Kill {
+        /// Send it to every process of the container
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// OCI: delete a container (--force: kill it first if it runs)
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// OCI: list the containers
+    List {
+        /// table or json
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only the ids
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// OCI: list a container's processes (ps's output, or a JSON array of pids)
+    Ps {
+        /// table or json
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+        /// Arguments of ps(1) (default -ef)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// OCI: write a default config.json (as runc spec)
+    Spec {
+        /// A spec for a rootless container
+        #[arg(long)]
+        rootless: bool,
+        /// Where to write it
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// OCI: print what this runtime supports (JSON)
+    Features,
+}
+
+#[derive(Args)]
+struct CreateCmd {
+    /// The bundle directory (config.json)
+    #[arg(short, long, default_value = ".", value_name = "DIR")]
+    bundle: PathBuf,
+    /// Write the container process's pid (on the host) to FILE
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// A unix socket to which the terminal's master is sent (process.terminal)
+    #[arg(long, value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// Keep N more descriptors (3 to 3+N-1) open in the container
+    #[arg(long, value_name = "N", default_value = "0")]
+    preserve_fds: u32,
+    /// Accepted (runc's): strata always pivot_roots
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted (runc's): no session keyring is made
+    #[arg(long)]
+    no_new_keyring: bool,
+    id: String,
 }
 
 #[derive(Args)]
 struct RunArgs {
     /// A layer directory; repeat for more, the first is the top (as overlay's lowerdir)
-    #[arg(long = "layer", value_name = "DIR", required = true)]
+    #[arg(long = "layer", value_name = "DIR")]
     layers: Vec<PathBuf>,
+    /// OCI: the bundle directory (with a container ID instead of --layer)
+    #[arg(short, long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// OCI: write the container process's pid to FILE
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// OCI: a unix socket to which the terminal's master is sent
+    #[arg(long, value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// OCI: return once the container has started
+    #[arg(short, long)]
+    detach: bool,
+    /// OCI: keep N more descriptors open in the container
+    #[arg(long, value_name = "N", default_value = "0")]
+    preserve_fds: u32,
+    /// OCI: the container's id (instead of --layer ... -- CMD)
+    #[arg(value_name = "ID")]
+    id: Option<String>,
     /// Where writes go (kept); without it a temporary upper is removed at exit
     #[arg(long, value_name = "DIR")]
     upper: Option<PathBuf>,
@@ -116,7 +232,7 @@ struct RunArgs {
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
     /// The command and its arguments, after --
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
@@ -131,6 +247,60 @@ fn init_logging(verbose: u8) {
         .parse_env("STRATA_LOG")
         .format(|buf, rec| writeln!(buf, "strata: {}", rec.args()))
         .init();
+}
+
+/// The OCI commands' log: stderr as `strata run`'s, or `--log FILE` (runc's JSON lines with
+/// `--log-format json`, which conmon reads for the error it shows).
+fn init_oci_logging(cli: &Cli) -> Option<std::fs::File> {
+    let level = if cli.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level).parse_env("STRATA_LOG");
+    let file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let json = cli.log_format == "json";
+    if let Some(f) = file.as_ref().and_then(|f| f.try_clone().ok()) {
+        b.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    b.format(move |buf, rec| {
+        if json {
+            let line = serde_json::json!({
+                "level": rec.level().as_str().to_ascii_lowercase(),
+                "msg": rec.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        } else {
+            writeln!(buf, "strata: {}", rec.args())
+        }
+    });
+    b.init();
+    file
+}
+
+fn oci_root(cli: &Cli) -> PathBuf {
+    cli.root
+        .clone()
+        .unwrap_or_else(strata_runtime::oci::container::default_root)
+}
+
+/// Ends an OCI command: its error is one line on stderr and in `--log`.
+fn finish_oci(r: Result<i32, strata_runtime::Error>) -> ! {
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("strata: {e}");
+            std::process::exit(e.exit_code())
+        }
+    }
 }
 
 fn main() {
@@ -160,10 +330,31 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let a = match cli.command {
-        Cmd::Run(a) => *a,
+    let a = match &cli.command {
+        Cmd::Run(a) if a.layers.is_empty() && a.command.is_empty() && a.id.is_some() => {
+            let _log = init_oci_logging(&cli);
+            let args = oci_cli::CreateArgs {
+                root: oci_root(&cli),
+                id: a.id.clone().unwrap_or_default(),
+                bundle: a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
+                pid_file: a.pid_file.clone(),
+                console_socket: a.console_socket.clone(),
+                preserve_fds: a.preserve_fds,
+            };
+            finish_oci(oci_cli::run(&args, a.detach))
+        }
+        Cmd::Run(_) => {
+            let Cmd::Run(a) = cli.command else {
+                std::process::exit(EXIT_USAGE)
+            };
+            if let Some(id) = &a.id {
+                eprintln!("strata: unexpected argument '{id}': strata run takes --layer DIR... -- CMD, or a container ID alone (OCI, with --bundle)");
+                std::process::exit(EXIT_USAGE);
+            }
+            *a
+        }
         Cmd::Gc { verbose } => {
-            init_logging(verbose);
+            init_logging(*verbose);
             match strata_runtime::state::base() {
                 Ok(base) => {
                     for id in strata_runtime::state::collect(&base) {
@@ -176,6 +367,37 @@ fn main() {
                     std::process::exit(e.exit_code());
                 }
             }
+        }
+        oci => {
+            let _log = init_oci_logging(&cli);
+            let root = oci_root(&cli);
+            let r = match oci {
+                Cmd::Create(c) => {
+                    let args = oci_cli::CreateArgs {
+                        root,
+                        id: c.id.clone(),
+                        bundle: c.bundle.clone(),
+                        pid_file: c.pid_file.clone(),
+                        console_socket: c.console_socket.clone(),
+                        preserve_fds: c.preserve_fds,
+                    };
+                    oci_cli::create(&args).map(|_| 0)
+                }
+                Cmd::Start { id } => oci_cli::start(&root, id),
+                Cmd::State { id } => oci_cli::state(&root, id),
+                Cmd::Kill { all, id, signal } => oci_cli::kill(&root, id, signal, *all),
+                Cmd::Delete { force, id } => oci_cli::delete(&root, id, *force),
+                Cmd::List { format, quiet } => oci_cli::list(&root, format, *quiet),
+                Cmd::Ps {
+                    format,
+                    id,
+                    ps_args,
+                } => oci_cli::ps(&root, id, format, ps_args),
+                Cmd::Spec { rootless, bundle } => oci_cli::spec(bundle, *rootless),
+                Cmd::Features => oci_cli::features(),
+                Cmd::Run(_) | Cmd::Gc { .. } => Ok(0),
+            };
+            finish_oci(r)
         }
     };
     init_logging(a.verbose);

@@ -10,15 +10,35 @@ use crate::sys;
 use log::info;
 use nix::sched::CloneFlags;
 use nix::unistd::{Gid, Uid};
+use std::path::PathBuf;
 
-/// Which optional namespaces to create.
-#[derive(Clone, Copy, Debug)]
+/// Which namespaces to create and join.
+#[derive(Clone, Debug)]
 pub struct Namespaces {
     pub user: bool,
     pub net: bool,
+    /// The others to create (CLONE_NEW* besides user and net): `strata run` creates mount,
+    /// uts, ipc, cgroup and pid; an OCI bundle names its own.
+    pub others: CloneFlags,
+    /// An OCI bundle's namespaces to join (setns) instead of creating them.
+    pub join: Vec<(CloneFlags, PathBuf)>,
 }
 
 impl Namespaces {
+    /// `strata run`'s: everything new, the network unless `--net host`.
+    pub fn all(user: bool, net: bool) -> Namespaces {
+        Namespaces {
+            user,
+            net,
+            others: CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWCGROUP
+                | CloneFlags::CLONE_NEWPID,
+            join: Vec::new(),
+        }
+    }
+
     pub fn unshare_user(&self) -> Result<(), NamespaceError> {
         sys::unshare(CloneFlags::CLONE_NEWUSER).map_err(|errno| NamespaceError::Unshare {
             what: "user".into(),
@@ -33,19 +53,49 @@ impl Namespaces {
         sys::set_ids(Uid::from_raw(0), Gid::from_raw(0), false).map_err(NamespaceError::BecomeRoot)
     }
 
-    /// Creates the mount, uts, ipc, cgroup, pid and (unless --net host) network namespaces.
-    /// The pid namespace applies to the children created afterwards.
+    /// Joins the namespaces of `join` whose flag is (`user`) or is not (`!user`) the user
+    /// namespace's: a joined user namespace comes first, the rest after it.
+    pub fn join(&self, user: bool) -> Result<(), NamespaceError> {
+        for (flag, path) in &self.join {
+            if (*flag == CloneFlags::CLONE_NEWUSER) != user {
+                continue;
+            }
+            let err = |errno| NamespaceError::Join {
+                path: path.clone(),
+                errno,
+            };
+            let fd = nix::fcntl::open(
+                path.as_path(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(err)?;
+            nix::sched::setns(&fd, *flag).map_err(err)?;
+            info!("namespaces: joined {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// Creates the namespaces of `others` and (unless --net host) the network's. A pid
+    /// namespace applies to the children created afterwards.
     pub fn unshare_container(&self) -> Result<(), NamespaceError> {
-        let mut flags = CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP
-            | CloneFlags::CLONE_NEWPID;
-        let mut names = "mount, uts, ipc, cgroup, pid".to_string();
+        let mut flags = self.others;
         if self.net {
             flags |= CloneFlags::CLONE_NEWNET;
-            names.push_str(", net");
         }
+        let names: Vec<&str> = [
+            (CloneFlags::CLONE_NEWNS, "mount"),
+            (CloneFlags::CLONE_NEWUTS, "uts"),
+            (CloneFlags::CLONE_NEWIPC, "ipc"),
+            (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+            (CloneFlags::CLONE_NEWPID, "pid"),
+            (CloneFlags::CLONE_NEWNET, "net"),
+        ]
+        .iter()
+        .filter(|(f, _)| flags.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+        let names = names.join(", ");
         sys::unshare(flags).map_err(|errno| NamespaceError::Unshare {
             what: names.clone(),
             errno,

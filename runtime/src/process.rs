@@ -78,7 +78,7 @@ use std::sync::{Arc, OnceLock};
 /// The signals `strata` passes on to the container instead of dying of them (Docker's
 /// sig-proxy set less SIGPIPE, which a write of `strata` itself raises, and SIGWINCH, the
 /// terminal's). Blocked so that none of them ends `strata` before it has cleaned up.
-const FORWARDED: &[Signal] = &[
+pub(crate) const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -191,11 +191,15 @@ struct Child<'a> {
     root: &'a Path,
     cgroup: Option<&'a Cgroup>,
     namespaces: Namespaces,
-    hostname: String,
+    /// Set in a new uts namespace.
+    hostname: Option<String>,
     cgroup2_in_container: bool,
     parent: Pid,
     /// The runtime's lock, which the container side must not hold.
     lock_fd: Option<std::os::fd::RawFd>,
+    /// The OCI form: the command is pid 1 itself (no reaping init), outlives `strata create`
+    /// and waits on `exec.fifo` (open O_PATH as this descriptor) until `strata start`.
+    fifo_fd: Option<std::os::fd::RawFd>,
 }
 
 fn new_id() -> String {
@@ -257,14 +261,12 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
         stack: &stack_mount,
         root: &root,
         cgroup: res.cgroup.as_ref(),
-        namespaces: Namespaces {
-            user: rootless,
-            net: cfg.net == Net::None,
-        },
-        hostname: cfg.hostname.clone().unwrap_or_else(|| id.clone()),
+        namespaces: Namespaces::all(rootless, cfg.net == Net::None),
+        hostname: Some(cfg.hostname.clone().unwrap_or_else(|| id.clone())),
         cgroup2_in_container: cgroups::is_pure_v2(),
         parent: nix::unistd::getpid(),
         lock_fd: ws.lock_fd(),
+        fifo_fd: None,
     };
 
     // Still single-threaded here: the forwarding thread starts below, after the fork.
@@ -405,6 +407,207 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
     Ok(code)
 }
 
+/// `strata create`'s options beyond the bundle.
+pub struct CreateOptions<'a> {
+    /// `<--root>/<id>`, the container's directory (made by the caller, empty).
+    pub dir: &'a Path,
+    /// `--console-socket`: where the terminal's master goes (process.terminal).
+    pub console_socket: Option<&'a Path>,
+}
+
+/// A container `strata create` made: its process waits on the fifo for `strata start`.
+pub struct Created {
+    /// The container process, on the host.
+    pub pid: i32,
+    /// The cgroup directories, for `delete`.
+    pub cgroups: Vec<PathBuf>,
+    /// The terminal's master when there was no console socket (`strata run` in the
+    /// foreground relays it).
+    pub console: Option<OwnedFd>,
+}
+
+/// The OCI form's create: the same sequence as [`run`] up to the command's execve, where the
+/// command waits until `strata start` opens `exec.fifo`; returns once it waits there.
+/// Everything it made is released if it fails, and kept (for `strata delete`) if not.
+pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
+    let oci = cfg.oci.as_ref().ok_or(ProcessError::Setup {
+        what: "an OCI container without a bundle",
+        errno: Errno::EINVAL,
+    })?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let new_user = oci.create.contains(nix::sched::CloneFlags::CLONE_NEWUSER);
+    let idmap = (rootless && new_user && oci.uid_map.is_empty()).then(IdMap::for_current_user);
+    let mut res = Resources::default();
+    res.ws = Some(Workspace::create_oci(opts.dir.to_path_buf(), &oci.id, cfg)?);
+    res.cgroup = Cgroup::create(&oci.id, &cfg.limits, cfg.cgroup_v1_fallback)?;
+    let ws = res.ws.as_ref().ok_or(ProcessError::Setup {
+        what: "state directory",
+        errno: Errno::EINVAL,
+    })?;
+    let stack_mount = stack::plan(cfg, ws, rootless);
+    if matches!(stack_mount, StackMount::Fuse) {
+        return Err(crate::error::ConfigError::Conflict(format!(
+            "the FUSE driver cannot serve an OCI container yet (its daemon would have to outlive strata create): use {}=kernel where the kernel's overlay may be mounted",
+            crate::oci::bundle::DRIVER_ANNOTATION
+        ))
+        .into());
+    }
+    let fifo_path = ws.dir.join("exec.fifo");
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(
+        |errno| ProcessError::Setup {
+            what: "creating exec.fifo",
+            errno,
+        },
+    )?;
+    // mkfifo's mode goes through the umask; the container's user must be able to write it.
+    let _ = std::fs::set_permissions(
+        &fifo_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o622),
+    );
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| ProcessError::Setup {
+        what: "opening exec.fifo",
+        errno,
+    })?;
+    let root = ws.root.clone();
+    let (parent_end, child_end) =
+        Channel::pair().map_err(|e| ProcessError::Channel(e.desc().into()))?;
+    let mut others = oci.create;
+    others.remove(nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET);
+    let child = Child {
+        cfg,
+        stack: &stack_mount,
+        root: &root,
+        cgroup: res.cgroup.as_ref(),
+        namespaces: Namespaces {
+            user: new_user,
+            net: oci.create.contains(nix::sched::CloneFlags::CLONE_NEWNET),
+            others,
+            join: oci.join.clone(),
+        },
+        hostname: cfg.hostname.clone(),
+        cgroup2_in_container: cgroups::is_pure_v2()
+            && oci.create.contains(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        parent: nix::unistd::getpid(),
+        lock_fd: None,
+        fifo_fd: Some(fifo.as_raw_fd()),
+    };
+    let pid = match sys::fork().map_err(ProcessError::Fork)? {
+        sys::Fork::Child => {
+            drop(parent_end);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                intermediate(&child, &child_end)
+            }))
+            .unwrap_or(error::EXIT_RUNTIME);
+            sys::exit_now(code)
+        }
+        sys::Fork::Parent(pid) => pid,
+    };
+    drop(child_end);
+    drop(fifo);
+
+    let mut init_pid = 0;
+    let mut console = None;
+    let mut failure: Option<(i32, String)> = None;
+    let mut ready = false;
+    while !ready {
+        let (msg, fd) = match parent_end.recv_with_fd() {
+            Ok((m, _)) if m.is_empty() => break,
+            Ok(m) => m,
+            Err(e) => {
+                failure.get_or_insert((error::EXIT_RUNTIME, format!("channel: {}", e.desc())));
+                break;
+            }
+        };
+        match msg[0] {
+            b'R' => ready = true,
+            b'T' => match (fd, opts.console_socket) {
+                (Some(master), Some(sock)) => {
+                    if let Err(e) = tty::send_to_console_socket(sock, &master) {
+                        failure.get_or_insert((
+                            error::EXIT_RUNTIME,
+                            format!("--console-socket {}: {e}", sock.display()),
+                        ));
+                    }
+                }
+                (master, None) => console = master,
+                (None, _) => {}
+            },
+            b'U' => {
+                let r = if let Some(m) = &idmap {
+                    m.apply(pid.as_raw())
+                } else {
+                    crate::idmap::write_maps(pid.as_raw(), &oci.uid_map, &oci.gid_map)
+                };
+                match r {
+                    Ok(()) => {
+                        let _ = parent_end.send(b"M");
+                    }
+                    Err(e) => {
+                        failure.get_or_insert((error::EXIT_RUNTIME, e.to_string()));
+                        let _ = parent_end.send(b"X");
+                    }
+                }
+            }
+            b'I' => {
+                init_pid = std::str::from_utf8(&msg[1..])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                debug!("the container process is pid {init_pid} on the host");
+            }
+            b'E' => {
+                let text = String::from_utf8_lossy(&msg[1..]).into_owned();
+                let (code, message) = text
+                    .split_once('\t')
+                    .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
+                    .unwrap_or((error::EXIT_RUNTIME, text));
+                failure.get_or_insert((code, message));
+            }
+            _ => {}
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    // The intermediate has left (or leaves now) after naming the container process.
+    let _ = loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    if !ready || init_pid <= 0 {
+        if init_pid > 0 {
+            let _ = nix::sys::signal::kill(Pid::from_raw(init_pid), Signal::SIGKILL);
+        }
+        let (code, message) = failure.unwrap_or((
+            error::EXIT_RUNTIME,
+            "the container process ended before it was ready".into(),
+        ));
+        return Err(ProcessError::Child { code, message }.into());
+    }
+    let cgroups = res
+        .cgroup
+        .as_ref()
+        .map(|c| c.paths())
+        .unwrap_or_default();
+    // Kept for `strata delete`.
+    if let Some(ws) = res.ws.take() {
+        ws.keep();
+    }
+    res.cgroup.take();
+    Ok(Created {
+        pid: init_pid,
+        cgroups,
+        console,
+    })
+}
+
 fn human(bytes: u64) -> String {
     for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
@@ -459,6 +662,9 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
             return chan.fail(error::EXIT_RUNTIME, &e);
         }
     }
+    if let Err(e) = c.namespaces.join(true) {
+        return chan.fail(error::EXIT_RUNTIME, &e);
+    }
     if c.namespaces.user {
         if let Err(e) = c.namespaces.unshare_user() {
             return chan.fail(error::EXIT_RUNTIME, &e);
@@ -479,6 +685,9 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
         {
             return error::EXIT_RUNTIME;
         }
+    }
+    if let Err(e) = c.namespaces.join(false) {
+        return chan.fail(error::EXIT_RUNTIME, &e);
     }
     if let Err(e) = c.namespaces.unshare_container() {
         return chan.fail(error::EXIT_RUNTIME, &e);
@@ -513,6 +722,11 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
             cgroups::leave(&origin);
             drop(origin);
             let _ = chan.send(format!("I{init_pid}").as_bytes());
+            if c.fifo_fd.is_some() {
+                // OCI: the container outlives the runtime; its process goes to the nearest
+                // subreaper (conmon, containerd's shim) or to the host's init.
+                return 0;
+            }
             loop {
                 match nix::sys::wait::waitpid(init_pid, None) {
                     Err(Errno::EINTR) => continue,
@@ -530,21 +744,26 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
 fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
     // (getppid() is 0 here: the parent is outside the new pid namespace; the pipe tells
     // whether it still lives.)
-    if sys::set_parent_death_signal(Signal::SIGKILL).is_err() {
-        return error::EXIT_RUNTIME;
-    }
-    let mut fds = [nix::poll::PollFd::new(
-        parent_alive.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
-        Ok(0) => {}
-        _ => return error::EXIT_RUNTIME,
+    // OCI: the intermediate leaves at once and this process outlives the runtime.
+    if c.fifo_fd.is_none() {
+        if sys::set_parent_death_signal(Signal::SIGKILL).is_err() {
+            return error::EXIT_RUNTIME;
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            parent_alive.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+            Ok(0) => {}
+            _ => return error::EXIT_RUNTIME,
+        }
     }
     drop(parent_alive);
     let _ = sys::set_not_dumpable();
-    if let Err(e) = namespaces::set_hostname(&c.hostname) {
-        return chan.fail(error::EXIT_RUNTIME, &e);
+    if let Some(h) = &c.hostname {
+        if let Err(e) = namespaces::set_hostname(h) {
+            return chan.fail(error::EXIT_RUNTIME, &e);
+        }
     }
     if c.namespaces.net {
         if let Err(e) = namespaces::loopback_up() {
@@ -561,9 +780,16 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
         net_none: c.namespaces.net,
         cgroup2: c.cgroup2_in_container,
         workdir: &c.cfg.workdir,
+        oci: c.cfg.oci.as_ref().map(|o| &o.rootfs),
     };
     if let Err(e) = rootfs::setup(&spec) {
         return chan.fail(error::EXIT_RUNTIME, &e);
+    }
+    if c.fifo_fd.is_some() {
+        // OCI: the command is pid 1 (as with runc and crun), so its status is the
+        // container's as its parent (a subreaper) sees it.
+        let err = exec_command(c, chan);
+        return chan.fail(err.exit_code(), &err);
     }
     let mut set = stop_signals();
     set.add(Signal::SIGCHLD);
@@ -580,7 +806,7 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
         Err(e) => return chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
         Ok(sys::Fork::Child) => {
             let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                exec_command(c.cfg, chan)
+                exec_command(c, chan)
             }))
             .unwrap_or(Error::Process(ProcessError::Setup {
                 what: "starting the command",
@@ -623,9 +849,22 @@ fn reap_until(cmd: Pid, set: &SigSet) -> i32 {
 }
 
 /// The command's process: last settings, then execve. Returns only on failure.
-fn exec_command(cfg: &Config, chan: &Channel) -> Error {
+fn exec_command(c: &Child, chan: &Channel) -> Error {
+    let cfg = c.cfg;
     let setup =
         |what: &'static str| move |errno| Error::Process(ProcessError::Setup { what, errno });
+    if let Some(o) = &cfg.oci {
+        if let Some(adj) = o.oom_score_adj {
+            if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+                return setup("setting oom_score_adj")(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ));
+            }
+        }
+        if let Some(m) = o.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+        }
+    }
     // A session of its own: `kill 0` inside reaches only the command's own group, not init.
     if let Err(e) = nix::unistd::setsid() {
         return setup("starting a new session")(e);
@@ -672,7 +911,17 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
         }
     }
     let (uid, gid) = cfg.user.unwrap_or((0, 0));
-    if let Err(e) = sys::set_ids(Uid::from_raw(uid), Gid::from_raw(gid), true) {
+    let groups: Vec<Gid> = cfg
+        .oci
+        .as_ref()
+        .map(|o| o.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect())
+        .unwrap_or_default();
+    if !groups.is_empty() {
+        if let Err(e) = nix::unistd::setgroups(&groups) {
+            return setup("setting the additional groups")(e);
+        }
+    }
+    if let Err(e) = sys::set_ids(Uid::from_raw(uid), Gid::from_raw(gid), groups.is_empty()) {
         return setup("switching to --user")(e);
     }
     if let Err(errno) = nix::unistd::chdir(&cfg.workdir) {
@@ -730,8 +979,18 @@ fn exec_command(cfg: &Config, chan: &Channel) -> Error {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return bad(e),
     };
-    if let Err(e) = sys::cloexec_from(3) {
+    let keep = cfg.oci.as_ref().map(|o| o.preserve_fds).unwrap_or(0);
+    if let Err(e) = sys::cloexec_from(3 + keep) {
         return setup("closing file descriptors")(e);
+    }
+    if let Some(fifo) = c.fifo_fd {
+        // OCI: set up; `strata create` returns on "R", and `strata start` opens the fifo.
+        if chan.send(b"R").is_err() {
+            return setup("telling strata create")(Errno::EPIPE);
+        }
+        if let Err(e) = sys::wait_for_start(fifo) {
+            return setup("waiting for strata start on exec.fifo")(e);
+        }
     }
     // Last: from here on only execve runs, under the filter.
     if cfg.no_new_privs {

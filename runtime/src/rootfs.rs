@@ -73,6 +73,8 @@ pub struct RootfsSpec<'a> {
     /// Mount the (namespaced) cgroup v2 hierarchy at /sys/fs/cgroup.
     pub cgroup2: bool,
     pub workdir: &'a Path,
+    /// TEMPORARY (oci-rootfs branch): the OCI bundle's layout.
+    pub oci: Option<&'a OciRootfs>,
 }
 
 fn mount_err(what: impl Into<String>, target: &Path, errno: Errno) -> RootfsError {
@@ -470,4 +472,16 @@ fn mask_paths(base: &Path) -> Result<(), RootfsError> {
         READ_ONLY.len()
     );
     Ok(())
+}
+
+// TEMPORARY stub until the oci-rootfs branch lands.
+#[derive(Clone, Debug, Default)]
+pub struct OciRootfs;
+impl OciRootfs {
+    pub fn from_spec(
+        _spec: &oci_spec::runtime::Spec,
+        _bundle: &Path,
+    ) -> Result<OciRootfs, crate::error::ConfigError> {
+        Ok(OciRootfs)
+    }
 }

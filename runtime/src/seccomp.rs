@@ -359,15 +359,19 @@ impl Filter {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(crate::error::io_text(&e)))?;
+        Filter::from_json(&text, caps, &path.display().to_string()).map_err(err)
+    }
+
+    /// A profile given as JSON text (an OCI bundle's `linux.seccomp`), named `what` in the
+    /// warning about skipped syscalls.
+    pub fn from_json(text: &str, caps: &[u32], what: &str) -> Result<Filter, String> {
         let t = Target::native(caps);
-        let f = cache::get_or_compile(&text, caps, &t.machine(), || {
-            Profile::parse(&text).and_then(|p| Filter::compile(&p, &t))
-        })
-        .map_err(err)?;
+        let f = cache::get_or_compile(text, caps, &t.machine(), || {
+            Profile::parse(text).and_then(|p| Filter::compile(&p, &t))
+        })?;
         if !f.skipped.is_empty() {
             warn!(
-                "seccomp profile {}: syscalls unknown to {} skipped: {}",
-                path.display(),
+                "seccomp profile {what}: syscalls unknown to {} skipped: {}",
                 libseccomp_version(),
                 f.skipped.join(", ")
             );

@@ -78,6 +78,37 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// An OCI container's: `dir` (`<--root>/<id>`, made by the caller) without a lock (the
+    /// container outlives the runtime; `strata delete` removes it).
+    pub fn create_oci(dir: PathBuf, id: &str, cfg: &Config) -> Result<Workspace, Error> {
+        let mut ws = Workspace {
+            root: dir.join("root"),
+            dir,
+            layers: cfg.layers.clone(),
+            upper: None,
+            work: None,
+            sibling_work: None,
+            removed: false,
+            lock: None,
+        };
+        let bind_root = cfg.oci.as_ref().is_some_and(|o| o.bind_root);
+        let r = if bind_root {
+            fs::create_dir(&ws.root).map_err(|e| io_err("creating", &ws.root, e))
+        } else {
+            ws.fill(id, cfg)
+        };
+        if let Err(e) = r {
+            let _ = ws.remove();
+            return Err(e);
+        }
+        Ok(ws)
+    }
+
+    /// Leaves the directory in place (an OCI container that `strata create` made).
+    pub fn keep(mut self) {
+        self.removed = true;
+    }
+
     fn fill(&mut self, id: &str, cfg: &Config) -> Result<(), Error> {
         let mk = |p: &Path| fs::create_dir(p).map_err(|e| io_err("creating", p, e));
         mk(&self.root)?;
@@ -240,6 +271,11 @@ impl StackMount {
 
 /// Decides the driver and returns how init mounts the stack.
 pub fn plan(cfg: &Config, ws: &Workspace, rootless: bool) -> StackMount {
+    if cfg.oci.as_ref().is_some_and(|o| o.bind_root) {
+        return StackMount::Bind {
+            layer: ws.layers[0].clone(),
+        };
+    }
     let kernel = || {
         if ws.upper.is_none() && ws.layers.len() == 1 {
             // overlayfs wants two lower layers when it has no upper.

@@ -691,3 +691,23 @@ pub fn loopback_up() -> SysResult<()> {
 pub fn is_terminal(fd: &impl AsFd) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
 }
+
+/// The OCI container process's wait for `strata start`: opens the fifo (held as the O_PATH
+/// descriptor `fifo`) for writing, which blocks until `start` opens it for reading, and
+/// writes one byte. Through /proc/self/fd: the fifo's path is outside the new root.
+pub fn wait_for_start(fifo: std::os::fd::RawFd) -> SysResult<()> {
+    let path = format!("/proc/self/fd/{fifo}");
+    let fd = loop {
+        match nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    nix::unistd::write(&fd, b"0")?;
+    close_inherited(fifo);
+    Ok(())
+}

@@ -177,3 +177,10 @@ fn relay(master: &File, stop: &AtomicBool) {
         }
     }
 }
+
+/// Sends the terminal's master to the OCI `--console-socket` (a unix stream socket that the
+/// caller listens on, e.g. conmon's), as runc does: one message with the descriptor.
+pub fn send_to_console_socket(path: &Path, master: &OwnedFd) -> io::Result<()> {
+    let sock = std::os::unix::net::UnixStream::connect(path)?;
+    sys::send_with_fd(&sock, b"/dev/ptmx", master).map_err(io::Error::from)
+}

@@ -72,6 +72,27 @@ impl Ulimit {
         })
     }
 
+    /// The limit of an OCI bundle's `process.rlimits` (`RLIMIT_NOFILE`...).
+    pub fn from_oci(kind: &str, soft: u64, hard: u64) -> Result<Ulimit, String> {
+        let lower = kind.to_ascii_lowercase();
+        let bare = lower.strip_prefix("rlimit_").unwrap_or(&lower);
+        let &(name, resource) = NAMES
+            .iter()
+            .find(|(n, _)| *n == bare)
+            .ok_or_else(|| format!("unknown rlimit '{kind}'"))?;
+        if soft > hard {
+            return Err(format!(
+                "{kind}: soft limit {soft} above the hard limit {hard}"
+            ));
+        }
+        Ok(Ulimit {
+            name,
+            resource,
+            soft,
+            hard,
+        })
+    }
+
     /// Sets the limit on the calling process; the error is the line to show.
     pub fn apply(&self) -> Result<(), String> {
         setrlimit(self.resource, self.soft, self.hard).map_err(|e| {
