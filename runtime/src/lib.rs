@@ -16,6 +16,7 @@
 //! * [`ulimits`]: `--ulimit`, the command's resource limits;
 //! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
 //! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
+//! * [`hooks`]: the OCI hooks of a config.json (prestart, createRuntime... poststop);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
@@ -27,6 +28,7 @@ pub mod cgroups;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod hooks;
 pub mod idmap;
 pub mod namespaces;
 pub mod process;
