@@ -58,11 +58,10 @@ fn run_hook(hook: &Hook, state_json: &[u8], phase: &'static str) -> Result<(), H
     if !path.is_absolute() {
         return Err(invalid("the path must be absolute"));
     }
-    let timeout = match hook.timeout() {
-        Some(secs) if secs <= 0 => return Err(invalid("the timeout must be greater than zero")),
-        Some(secs) => Some(secs),
-        None => None,
-    };
+    let timeout = hook.timeout();
+    if timeout.is_some_and(|secs| secs <= 0) {
+        return Err(invalid("the timeout must be greater than zero"));
+    }
     let spawn_err = |err: io::Error| HookError::Spawn {
         phase,
         path: path.clone(),
@@ -101,7 +100,7 @@ fn run_hook(hook: &Hook, state_json: &[u8], phase: &'static str) -> Result<(), H
         .stderr(out(&stderr)?)
         .process_group(0);
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    // Ours are the only copies left besides the hook's.
+    // The copies of the memfds that Command keeps are of no more use.
     drop(cmd);
     drop(stdin);
 
