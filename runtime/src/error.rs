@@ -328,6 +328,83 @@ impl fmt::Display for ProcessError {
     }
 }
 
+/// An OCI hook (config.json `hooks`) that failed (see `hooks`). Each line names the phase and
+/// the hook's path.
+#[derive(Debug)]
+pub enum HookError {
+    /// A hook the spec does not allow: a relative path, a timeout that is not positive.
+    Invalid {
+        phase: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The hook could not be started (or its stdin/output files made).
+    Spawn {
+        phase: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+    /// The hook ended with a non-zero status or a signal; `output` is the tail of what it
+    /// printed (stderr, else stdout), on one line.
+    Failed {
+        phase: &'static str,
+        path: PathBuf,
+        status: String,
+        output: String,
+    },
+    /// The hook ran longer than its `timeout` and was killed.
+    Timeout {
+        phase: &'static str,
+        path: PathBuf,
+        secs: i64,
+        output: String,
+    },
+}
+
+impl fmt::Display for HookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tail = |f: &mut fmt::Formatter<'_>, output: &str| {
+            if output.is_empty() {
+                Ok(())
+            } else {
+                write!(f, ": {output}")
+            }
+        };
+        match self {
+            HookError::Invalid {
+                phase,
+                path,
+                reason,
+            } => write!(f, "{phase} hook {}: {reason}", path.display()),
+            HookError::Spawn { phase, path, err } => {
+                write!(f, "{phase} hook {}: {}", path.display(), io_text(err))
+            }
+            HookError::Failed {
+                phase,
+                path,
+                status,
+                output,
+            } => {
+                write!(f, "{phase} hook {} failed ({status})", path.display())?;
+                tail(f, output)
+            }
+            HookError::Timeout {
+                phase,
+                path,
+                secs,
+                output,
+            } => {
+                write!(
+                    f,
+                    "{phase} hook {} timed out after {secs} s (killed)",
+                    path.display()
+                )?;
+                tail(f, output)
+            }
+        }
+    }
+}
+
 /// Any failure of `strata run`.
 #[derive(Debug)]
 pub enum Error {
@@ -338,6 +415,7 @@ pub enum Error {
     Rootfs(RootfsError),
     Stack(StackError),
     Process(ProcessError),
+    Hook(HookError),
     /// Anything else of the runtime's own doing (state directory...).
     Io {
         what: String,
@@ -370,6 +448,7 @@ impl fmt::Display for Error {
             Error::Rootfs(e) => e.fmt(f),
             Error::Stack(e) => e.fmt(f),
             Error::Process(e) => e.fmt(f),
+            Error::Hook(e) => e.fmt(f),
             Error::Io { what, path, err } => {
                 write!(f, "{what} {}: {}", path.display(), io_text(err))
             }
@@ -396,7 +475,8 @@ from_error!(
     IdmapError => Idmap,
     RootfsError => Rootfs,
     StackError => Stack,
-    ProcessError => Process
+    ProcessError => Process,
+    HookError => Hook
 );
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

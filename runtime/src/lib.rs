@@ -17,6 +17,8 @@
 //! * [`ulimits`]: `--ulimit`, the command's resource limits;
 //! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
 //! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
+//! * [`hooks`]: the OCI hooks of a config.json (prestart, createRuntime... poststop);
+//! * [`oci`]: the OCI runtime CLI's documents (`spec`'s default config.json, `features`);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 
