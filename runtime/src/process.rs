@@ -561,6 +561,7 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
         net_none: c.namespaces.net,
         cgroup2: c.cgroup2_in_container,
         workdir: &c.cfg.workdir,
+        oci: None,
     };
     if let Err(e) = rootfs::setup(&spec) {
         return chan.fail(error::EXIT_RUNTIME, &e);
