@@ -683,7 +683,11 @@ fn bind_host_node(base: &Path, d: &OciDevice) -> Result<(), RootfsError> {
     let same = st.st_mode & SFlag::S_IFMT.bits() == d.kind.bits()
         && st.st_rdev == nix::sys::stat::makedev(d.major, d.minor);
     if !same {
-        return Err(mount_err(what(), path, Errno::ENODEV));
+        return Err(RootfsError::Refused(format!(
+            "device {}: mknod is not permitted and the host's {} is not the same node",
+            path.display(),
+            path.display()
+        )));
     }
     let tree = sys::open_tree(path, false).map_err(|e| mount_err(what(), path, e))?;
     let fd = resolve(base, path, Create::File)?;
@@ -722,17 +726,40 @@ fn default_dev(base: &Path, oci: &OciRootfs) -> Result<(), RootfsError> {
     Ok(())
 }
 
+fn on_proc(fd: &OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
 /// Writes `linux.sysctl` under the container's /proc/sys (which must be a procfs).
 fn write_sysctl(base: &Path, oci: &OciRootfs) -> Result<(), RootfsError> {
+    if oci.sysctl.is_empty() {
+        return Ok(());
+    }
+    let proc_sys = resolve_existing(base, Path::new("/proc/sys"))?;
+    if !proc_sys.as_ref().is_some_and(on_proc) {
+        return Err(RootfsError::Refused(
+            "linux.sysctl: no proc is mounted on /proc (add it to mounts)".into(),
+        ));
+    }
     for (k, v) in &oci.sysctl {
         let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-        let fd = resolve(base, &path, Create::Nothing)?;
-        let on_proc = nix::sys::statfs::fstatfs(&fd)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
-            .unwrap_or(false);
-        if !on_proc {
-            return Err(io_err("sysctl: not a procfs file:", &path, Errno::EXDEV));
-        }
+        let fd = match resolve_existing(base, &path)? {
+            Some(fd) if on_proc(&fd) => fd,
+            Some(_) => {
+                return Err(RootfsError::Refused(format!(
+                    "sysctl {k}: {} is not on the proc mount",
+                    path.display()
+                )))
+            }
+            None => {
+                return Err(RootfsError::Refused(format!(
+                    "sysctl {k}: no such key ({} does not exist)",
+                    path.display()
+                )))
+            }
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(fd_path(&fd))
