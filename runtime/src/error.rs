@@ -211,6 +211,8 @@ pub enum RootfsError {
         path: PathBuf,
         errno: Errno,
     },
+    /// What an OCI spec asks for that cannot be done as asked (the line says why).
+    Refused(String),
 }
 
 impl fmt::Display for RootfsError {
@@ -229,6 +231,7 @@ impl fmt::Display for RootfsError {
             RootfsError::Io { what, path, errno } => {
                 write!(f, "{what} {}: {}", path.display(), errno_text(*errno))
             }
+            RootfsError::Refused(line) => write!(f, "{line}"),
         }
     }
 }

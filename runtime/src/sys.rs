@@ -28,7 +28,16 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_ATIME: u64 = 0x70;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x20_0000;
+/// MS_NOSYMFOLLOW (Linux 5.10), which nix does not name.
+pub const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(256);
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
@@ -436,6 +445,91 @@ pub fn set_tree_attrs(tree: &impl AsFd, attrs: TreeAttrs) -> SysResult<()> {
             tree.as_fd().as_raw_fd(),
             empty.as_ptr(),
             libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// A mount_setattr(2) change in terms of MsFlags: the per-mount flags of `set` added, those
+/// of `clear` removed (an atime flag in either resets the atime mode: relatime unless `set`
+/// names another), and the propagation type (one of MS_SHARED, MS_SLAVE, MS_PRIVATE,
+/// MS_UNBINDABLE; empty: unchanged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountChange {
+    pub set: MsFlags,
+    pub clear: MsFlags,
+    pub propagation: MsFlags,
+}
+
+impl Default for MountChange {
+    fn default() -> MountChange {
+        MountChange {
+            set: MsFlags::empty(),
+            clear: MsFlags::empty(),
+            propagation: MsFlags::empty(),
+        }
+    }
+}
+
+impl MountChange {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.clear.is_empty() && self.propagation.is_empty()
+    }
+}
+
+fn mount_attr_bits(flags: MsFlags) -> u64 {
+    let mut bits = 0;
+    for (f, b) in [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_NODIRATIME, MOUNT_ATTR_NODIRATIME),
+        (MS_NOSYMFOLLOW, MOUNT_ATTR_NOSYMFOLLOW),
+    ] {
+        if flags.contains(f) {
+            bits |= b;
+        }
+    }
+    bits
+}
+
+/// Applies `change` to the (detached or attached) mount open as `fd` (a tree from
+/// [`open_tree`], or an O_PATH descriptor of a mount's root), and to every mount below it
+/// when `recursive`.
+pub fn mount_setattr(fd: &impl AsFd, change: MountChange, recursive: bool) -> SysResult<()> {
+    let atime = MsFlags::MS_NOATIME | MsFlags::MS_STRICTATIME | MsFlags::MS_RELATIME;
+    let mut attr_set = mount_attr_bits(change.set);
+    let mut attr_clr = mount_attr_bits(change.clear);
+    if change.set.intersects(atime) || change.clear.intersects(atime) {
+        // The atime mode is one field: cleared as a whole, then set (0 is relatime).
+        attr_clr |= MOUNT_ATTR_ATIME;
+        if change.set.contains(MsFlags::MS_NOATIME) {
+            attr_set |= MOUNT_ATTR_NOATIME;
+        } else if change.set.contains(MsFlags::MS_STRICTATIME) {
+            attr_set |= MOUNT_ATTR_STRICTATIME;
+        }
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation: change.propagation.bits(),
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    let empty = c"";
+    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, attr of the size passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

@@ -15,6 +15,10 @@
 //!    proc and sysfs may be mounted only while the host's instance is visible);
 //! 4. `pivot_root` makes the stack the root and the old root is detached (not chroot).
 //!
+//! With an OCI spec ([`RootfsSpec::oci`], see [`oci`]) step 3 is the spec's instead: its
+//! mounts in order, the default devices and links, `linux.devices`, `linux.sysctl`, the masked
+//! and read-only paths; `linux.rootfsPropagation` is applied after pivot_root.
+//!
 //! Every mount target inside the new root is resolved component by component with
 //! `O_PATH|O_NOFOLLOW` from the new root: a symlink on the way is refused, so a crafted image
 //! cannot redirect a mount elsewhere. Missing targets are created.
@@ -32,6 +36,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+pub mod oci;
+pub use oci::OciRootfs;
 
 /// Paths runc hides (a tmpfs on directories, /dev/null on files).
 const MASKED: &[&str] = &[
@@ -73,7 +80,9 @@ pub struct RootfsSpec<'a> {
     /// Mount the (namespaced) cgroup v2 hierarchy at /sys/fs/cgroup.
     pub cgroup2: bool,
     pub workdir: &'a Path,
-    /// TEMPORARY (oci-rootfs branch): the OCI bundle's layout.
+    /// The layout of an OCI bundle's config.json, instead of `strata run`'s fixed one (/proc,
+    /// /dev, /sys, /tmp, `tmpfs`, `binds`, the paths runc masks); `tmpfs` and `binds` are then
+    /// unused.
     pub oci: Option<&'a OciRootfs>,
 }
 
@@ -168,9 +177,21 @@ fn mount_fs_on(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), RootfsError> {
+    mount_src_on(dir, target, fstype, fstype, flags, data)
+}
+
+/// [`mount_fs_on`] with a source other than the type's name (an OCI mount's `source`).
+fn mount_src_on(
+    dir: &OwnedFd,
+    target: &Path,
+    source: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
     nix::unistd::fchdir(dir).map_err(|e| io_err("entering", target, e))?;
     let r = sys::mount(
-        Some(Path::new(fstype)),
+        Some(Path::new(source)),
         Path::new("."),
         Some(fstype),
         flags,
@@ -282,10 +303,43 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
         .map_err(|e| mount_err("making the layer stack nodev", spec.root, e))?;
     drop(root_fd);
     info!("rootfs: layer stack on {} (nodev)", spec.root.display());
-    let trees = take_host_trees(spec)?;
     // Everything is mounted under the new root before pivot_root: in a user namespace the
     // kernel lets proc and sysfs be mounted only while an instance is visible (the host's).
     let base = spec.root;
+    match spec.oci {
+        Some(o) => oci::mount_all(base, spec, o)?,
+        None => fixed_layout(base, spec)?,
+    }
+    // The working directory exists before / may become read-only.
+    if spec.workdir != Path::new("/") {
+        resolve(base, spec.workdir, Create::Dir)?;
+    }
+    if spec.read_only {
+        let flags = sys::mount_flags_of(base).unwrap_or(MsFlags::empty())
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY;
+        sys::mount(None, base, None, flags, None)
+            .map_err(|e| mount_err("remounting read-only", slash, e))?;
+        info!("rootfs: / is read-only");
+    }
+
+    nix::unistd::chdir(base).map_err(|e| io_err("entering", base, e))?;
+    sys::pivot_to_cwd().map_err(|e| mount_err("pivot_root", base, e))?;
+    info!("rootfs: pivot_root done, old root detached");
+    // After pivot_root, which refuses a shared new root (as runc does).
+    if let Some(p) = spec.oci.and_then(|o| o.propagation) {
+        sys::mount(None, slash, None, p, None)
+            .map_err(|e| mount_err("setting the root's propagation", slash, e))?;
+        debug!("rootfs: / propagation {p:?}");
+    }
+    Ok(())
+}
+
+/// `strata run`'s layout: /proc, /dev, /sys, /tmp, `--tmpfs`, `--bind`, the masked and
+/// read-only paths.
+fn fixed_layout(base: &Path, spec: &RootfsSpec) -> Result<(), RootfsError> {
+    let trees = take_host_trees(spec)?;
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs(base, "/proc", "proc", nosuid_nodev_noexec, None)?;
     setup_dev(base, spec, &trees)?;
@@ -350,25 +404,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<(), RootfsError> {
             if b.read_only { " (read-only)" } else { "" }
         );
     }
-    mask_paths(base)?;
-    // The working directory exists before / may become read-only.
-    if spec.workdir != Path::new("/") {
-        resolve(base, spec.workdir, Create::Dir)?;
-    }
-    if spec.read_only {
-        let flags = sys::mount_flags_of(base).unwrap_or(MsFlags::empty())
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_BIND
-            | MsFlags::MS_RDONLY;
-        sys::mount(None, base, None, flags, None)
-            .map_err(|e| mount_err("remounting read-only", slash, e))?;
-        info!("rootfs: / is read-only");
-    }
-
-    nix::unistd::chdir(base).map_err(|e| io_err("entering", base, e))?;
-    sys::pivot_to_cwd().map_err(|e| mount_err("pivot_root", base, e))?;
-    info!("rootfs: pivot_root done, old root detached");
-    Ok(())
+    mask_paths(base)
 }
 
 fn setup_dev(base: &Path, spec: &RootfsSpec, trees: &HostTrees) -> Result<(), RootfsError> {
@@ -472,16 +508,4 @@ fn mask_paths(base: &Path) -> Result<(), RootfsError> {
         READ_ONLY.len()
     );
     Ok(())
-}
-
-// TEMPORARY stub until the oci-rootfs branch lands.
-#[derive(Clone, Debug, Default)]
-pub struct OciRootfs;
-impl OciRootfs {
-    pub fn from_spec(
-        _spec: &oci_spec::runtime::Spec,
-        _bundle: &Path,
-    ) -> Result<OciRootfs, crate::error::ConfigError> {
-        Ok(OciRootfs)
-    }
 }
