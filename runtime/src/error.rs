@@ -138,10 +138,19 @@ impl fmt::Display for CgroupError {
 
 #[derive(Debug)]
 pub enum NamespaceError {
-    Unshare { what: String, errno: Errno },
+    Unshare {
+        what: String,
+        errno: Errno,
+    },
     /// An OCI bundle's namespace path that cannot be joined.
-    Join { path: PathBuf, errno: Errno },
-    Hostname { name: String, errno: Errno },
+    Join {
+        path: PathBuf,
+        errno: Errno,
+    },
+    Hostname {
+        name: String,
+        errno: Errno,
+    },
     Loopback(Errno),
     BecomeRoot(Errno),
 }

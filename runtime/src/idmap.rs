@@ -162,6 +162,25 @@ pub fn map_self_as_root(uid: u32, gid: u32) -> Result<(), IdmapError> {
     write_file(&proc.join("uid_map"), &format!("0 {uid} 1\n"))
 }
 
+/// Writes an OCI bundle's maps (container, host, size) for the user namespace of `pid`, as
+/// root does it: directly, in one write per file.
+pub fn write_maps(
+    pid: i32,
+    uid_map: &[(u32, u32, u32)],
+    gid_map: &[(u32, u32, u32)],
+) -> Result<(), IdmapError> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let text = |m: &[(u32, u32, u32)]| {
+        m.iter()
+            .map(|(c, h, n)| format!("{c} {h} {n}\n"))
+            .collect::<String>()
+    };
+    write_file(&proc.join("gid_map"), &text(gid_map))?;
+    write_file(&proc.join("uid_map"), &text(uid_map))?;
+    info!("user namespace: the bundle's uid/gid maps");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,23 +205,4 @@ mod tests {
         assert_eq!(parse_subid(text, Some("bob"), 5), None);
         assert_eq!(parse_subid(text, None, 7), None);
     }
-}
-
-/// Writes an OCI bundle's maps (container, host, size) for the user namespace of `pid`, as
-/// root does it: directly, in one write per file.
-pub fn write_maps(
-    pid: i32,
-    uid_map: &[(u32, u32, u32)],
-    gid_map: &[(u32, u32, u32)],
-) -> Result<(), IdmapError> {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let text = |m: &[(u32, u32, u32)]| {
-        m.iter()
-            .map(|(c, h, n)| format!("{c} {h} {n}\n"))
-            .collect::<String>()
-    };
-    write_file(&proc.join("gid_map"), &text(gid_map))?;
-    write_file(&proc.join("uid_map"), &text(uid_map))?;
-    info!("user namespace: the bundle's uid/gid maps");
-    Ok(())
 }

@@ -81,6 +81,8 @@ the container.")]
         force: bool,
         id: String,
     },
+    /// OCI: run a process in a running container
+    Exec(ExecCmd),
     /// OCI: list the containers
     List {
         /// table or json
@@ -111,6 +113,50 @@ the container.")]
     },
     /// OCI: print what this runtime supports (JSON)
     Features,
+}
+
+#[derive(Args)]
+struct ExecCmd {
+    /// The process as an OCI process object (JSON), instead of CMD
+    #[arg(short, long, value_name = "FILE")]
+    process: Option<PathBuf>,
+    /// Return once the process runs
+    #[arg(short, long)]
+    detach: bool,
+    /// Write the process's pid (on the host) to FILE
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// A unix socket to which the terminal's master is sent
+    #[arg(long, value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// Give the process a terminal
+    #[arg(short, long)]
+    tty: bool,
+    /// Working directory in the container
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Add an environment variable NAME=VALUE (repeatable)
+    #[arg(short, long, value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// UID[:GID] to run as
+    #[arg(short, long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Keep N more descriptors (3 to 3+N-1) open in the process
+    #[arg(long, value_name = "N", default_value = "0")]
+    preserve_fds: u32,
+    /// Accepted (runc's): the container's setting applies
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Accepted (runc's): SELinux is not supported
+    #[arg(long, value_name = "LABEL")]
+    process_label: Option<String>,
+    /// Accepted (runc's): AppArmor is not supported
+    #[arg(long, value_name = "PROFILE")]
+    apparmor: Option<String>,
+    id: String,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -291,12 +337,14 @@ fn oci_root(cli: &Cli) -> PathBuf {
         .unwrap_or_else(strata_runtime::oci::container::default_root)
 }
 
-/// Ends an OCI command: its error is one line on stderr and in `--log`.
-fn finish_oci(r: Result<i32, strata_runtime::Error>) -> ! {
+/// Ends an OCI command: its error is one line on stderr and in `--log` (if given).
+fn finish_oci(r: Result<i32, strata_runtime::Error>, log: Option<std::fs::File>) -> ! {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            log::error!("{e}");
+            if log.is_some() {
+                log::error!("{e}");
+            }
             eprintln!("strata: {e}");
             std::process::exit(e.exit_code())
         }
@@ -332,7 +380,7 @@ fn main() {
     };
     let a = match &cli.command {
         Cmd::Run(a) if a.layers.is_empty() && a.command.is_empty() && a.id.is_some() => {
-            let _log = init_oci_logging(&cli);
+            let log = init_oci_logging(&cli);
             let args = oci_cli::CreateArgs {
                 root: oci_root(&cli),
                 id: a.id.clone().unwrap_or_default(),
@@ -341,7 +389,7 @@ fn main() {
                 console_socket: a.console_socket.clone(),
                 preserve_fds: a.preserve_fds,
             };
-            finish_oci(oci_cli::run(&args, a.detach))
+            finish_oci(oci_cli::run(&args, a.detach), log)
         }
         Cmd::Run(_) => {
             let Cmd::Run(a) = cli.command else {
@@ -369,7 +417,7 @@ fn main() {
             }
         }
         oci => {
-            let _log = init_oci_logging(&cli);
+            let log = init_oci_logging(&cli);
             let root = oci_root(&cli);
             let r = match oci {
                 Cmd::Create(c) => {
@@ -384,6 +432,22 @@ fn main() {
                     oci_cli::create(&args).map(|_| 0)
                 }
                 Cmd::Start { id } => oci_cli::start(&root, id),
+                Cmd::Exec(e) => {
+                    strata_runtime::oci::exec::exec(&strata_runtime::oci::exec::ExecArgs {
+                        root,
+                        id: e.id.clone(),
+                        process: e.process.clone(),
+                        args: e.command.clone(),
+                        tty: e.tty,
+                        cwd: e.cwd.clone(),
+                        env: e.env.clone(),
+                        user: e.user.clone(),
+                        detach: e.detach,
+                        pid_file: e.pid_file.clone(),
+                        console_socket: e.console_socket.clone(),
+                        preserve_fds: e.preserve_fds,
+                    })
+                }
                 Cmd::State { id } => oci_cli::state(&root, id),
                 Cmd::Kill { all, id, signal } => oci_cli::kill(&root, id, signal, *all),
                 Cmd::Delete { force, id } => oci_cli::delete(&root, id, *force),
@@ -397,7 +461,7 @@ fn main() {
                 Cmd::Features => oci_cli::features(),
                 Cmd::Run(_) | Cmd::Gc { .. } => Ok(0),
             };
-            finish_oci(r)
+            finish_oci(r, log)
         }
     };
     init_logging(a.verbose);

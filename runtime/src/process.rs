@@ -100,10 +100,10 @@ fn stop_signals() -> SigSet {
 }
 
 /// The channel between the parent and the container side.
-struct Channel(OwnedFd);
+pub(crate) struct Channel(OwnedFd);
 
 impl Channel {
-    fn pair() -> Result<(Channel, Channel), Errno> {
+    pub(crate) fn pair() -> Result<(Channel, Channel), Errno> {
         let (a, b) = socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -113,7 +113,7 @@ impl Channel {
         Ok((Channel(a), Channel(b)))
     }
 
-    fn send(&self, msg: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn send(&self, msg: &[u8]) -> Result<(), Errno> {
         socket::send(self.0.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL).map(drop)
     }
 
@@ -127,7 +127,7 @@ impl Channel {
     }
 
     /// The next message and the descriptor it carries, if any.
-    fn recv_with_fd(&self) -> Result<(Vec<u8>, Option<OwnedFd>), Errno> {
+    pub(crate) fn recv_with_fd(&self) -> Result<(Vec<u8>, Option<OwnedFd>), Errno> {
         let mut buf = [0u8; 4096];
         loop {
             match sys::recv_with_fd(&self.0, &mut buf) {
@@ -139,7 +139,7 @@ impl Channel {
     }
 
     /// Reports a failure to the parent (best effort) and returns its exit status.
-    fn fail(&self, code: i32, err: &dyn std::fmt::Display) -> i32 {
+    pub(crate) fn fail(&self, code: i32, err: &dyn std::fmt::Display) -> i32 {
         let _ = self.send(format!("E{code}\t{err}").as_bytes());
         code
     }
@@ -591,11 +591,7 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
         ));
         return Err(ProcessError::Child { code, message }.into());
     }
-    let cgroups = res
-        .cgroup
-        .as_ref()
-        .map(|c| c.paths())
-        .unwrap_or_default();
+    let cgroups = res.cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
     // Kept for `strata delete`.
     if let Some(ws) = res.ws.take() {
         ws.keep();
@@ -788,7 +784,7 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
     if c.fifo_fd.is_some() {
         // OCI: the command is pid 1 (as with runc and crun), so its status is the
         // container's as its parent (a subreaper) sees it.
-        let err = exec_command(c, chan);
+        let err = exec_command(c.cfg, c.fifo_fd, true, chan);
         return chan.fail(err.exit_code(), &err);
     }
     let mut set = stop_signals();
@@ -806,7 +802,7 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
         Err(e) => return chan.fail(error::EXIT_RUNTIME, &ProcessError::Fork(e)),
         Ok(sys::Fork::Child) => {
             let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                exec_command(c, chan)
+                exec_command(c.cfg, c.fifo_fd, true, chan)
             }))
             .unwrap_or(Error::Process(ProcessError::Setup {
                 what: "starting the command",
@@ -849,8 +845,14 @@ fn reap_until(cmd: Pid, set: &SigSet) -> i32 {
 }
 
 /// The command's process: last settings, then execve. Returns only on failure.
-fn exec_command(c: &Child, chan: &Channel) -> Error {
-    let cfg = c.cfg;
+/// `console`: the terminal is bound on /dev/console too (the container's first process; not
+/// `strata exec`'s).
+pub(crate) fn exec_command(
+    cfg: &Config,
+    fifo_fd: Option<std::os::fd::RawFd>,
+    console: bool,
+    chan: &Channel,
+) -> Error {
     let setup =
         |what: &'static str| move |errno| Error::Process(ProcessError::Setup { what, errno });
     if let Some(o) = &cfg.oci {
@@ -870,7 +872,7 @@ fn exec_command(c: &Child, chan: &Channel) -> Error {
         return setup("starting a new session")(e);
     }
     if cfg.tty {
-        match tty::attach_console() {
+        match tty::attach_console(console) {
             Ok(master) => {
                 if let Err(e) = chan.send_fd(b"T", &master) {
                     return setup("sending the terminal to strata")(e);
@@ -914,7 +916,12 @@ fn exec_command(c: &Child, chan: &Channel) -> Error {
     let groups: Vec<Gid> = cfg
         .oci
         .as_ref()
-        .map(|o| o.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect())
+        .map(|o| {
+            o.additional_gids
+                .iter()
+                .map(|g| Gid::from_raw(*g))
+                .collect()
+        })
         .unwrap_or_default();
     if !groups.is_empty() {
         if let Err(e) = nix::unistd::setgroups(&groups) {
@@ -983,7 +990,7 @@ fn exec_command(c: &Child, chan: &Channel) -> Error {
     if let Err(e) = sys::cloexec_from(3 + keep) {
         return setup("closing file descriptors")(e);
     }
-    if let Some(fifo) = c.fifo_fd {
+    if let Some(fifo) = fifo_fd {
         // OCI: set up; `strata create` returns on "R", and `strata start` opens the fifo.
         if chan.send(b"R").is_err() {
             return setup("telling strata create")(Errno::EPIPE);

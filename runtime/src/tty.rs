@@ -27,15 +27,18 @@ use std::thread::JoinHandle;
 
 /// Creates the container's terminal (in the command process) and returns the master, to be
 /// sent to the parent; the slave is this process's controlling tty and stdio from here on.
-pub fn attach_console() -> Result<OwnedFd, (&'static str, Errno)> {
+/// With `bind`, the terminal is also bound on /dev/console (the container's first process).
+pub fn attach_console(bind: bool) -> Result<OwnedFd, (&'static str, Errno)> {
     let (master, slave, n) = sys::open_pty().map_err(|e| ("opening /dev/ptmx", e))?;
     let console = Path::new("/dev/console");
-    if !console.exists() {
-        File::create(console).map_err(|e| ("creating /dev/console", errno_of(&e)))?;
+    if bind {
+        if !console.exists() {
+            File::create(console).map_err(|e| ("creating /dev/console", errno_of(&e)))?;
+        }
+        let pts = format!("/dev/pts/{n}");
+        sys::mount(Some(Path::new(&pts)), console, None, MsFlags::MS_BIND, None)
+            .map_err(|e| ("binding the terminal on /dev/console", e))?;
     }
-    let pts = format!("/dev/pts/{n}");
-    sys::mount(Some(Path::new(&pts)), console, None, MsFlags::MS_BIND, None)
-        .map_err(|e| ("binding the terminal on /dev/console", e))?;
     sys::set_controlling_tty(&slave).map_err(|e| ("making the terminal controlling", e))?;
     sys::dup_onto_stdio(&slave).map_err(|e| ("making the terminal stdio", e))?;
     Ok(master)

@@ -176,6 +176,12 @@ fn limits(spec: &Spec) -> Limits {
 pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
     let bundle = canonical_dir("bundle", bundle)?;
     let spec = load(&bundle)?;
+    config_of(id, &bundle, &spec)
+}
+
+/// The [`Config`] of `spec` (`strata exec` changes its process first).
+pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigError> {
+    let bundle = bundle.to_path_buf();
     let process = spec
         .process()
         .as_ref()
@@ -192,7 +198,10 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
         .root()
         .as_ref()
         .ok_or_else(|| conflict("config.json has no root"))?;
-    let root_dir = canonical_dir("root.path", &bundle_path(&bundle, &root.path().to_string_lossy()))?;
+    let root_dir = canonical_dir(
+        "root.path",
+        &bundle_path(&bundle, &root.path().to_string_lossy()),
+    )?;
     let read_only = root.readonly().unwrap_or(false);
     let annotations = spec.annotations().clone().unwrap_or_default();
 
@@ -218,7 +227,11 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
     let linux = spec.linux().as_ref();
     let mut create = CloneFlags::empty();
     let mut join = Vec::new();
-    for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+    for ns in linux
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let Some(flag) = ns_flag(ns.typ()) else {
             return Err(conflict("the time namespace is not supported"));
         };
@@ -227,13 +240,18 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
             _ => create |= flag,
         }
     }
-    if !create.contains(CloneFlags::CLONE_NEWNS) && !join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS) {
+    if !create.contains(CloneFlags::CLONE_NEWNS)
+        && !join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS)
+    {
         // The root filesystem is built in a mount namespace of the container's own.
         create |= CloneFlags::CLONE_NEWNS;
     }
     let uid_map = maps(linux.and_then(|l| l.uid_mappings().as_ref()));
     let gid_map = maps(linux.and_then(|l| l.gid_mappings().as_ref()));
-    if create.contains(CloneFlags::CLONE_NEWUSER) && (uid_map.is_empty() || gid_map.is_empty()) && nix::unistd::geteuid().is_root() {
+    if create.contains(CloneFlags::CLONE_NEWUSER)
+        && (uid_map.is_empty() || gid_map.is_empty())
+        && nix::unistd::geteuid().is_root()
+    {
         return Err(conflict(
             "a new user namespace needs linux.uidMappings and linux.gidMappings",
         ));
@@ -253,7 +271,9 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
     for e in process.env().iter().flatten() {
         let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
         if k.is_empty() || e.contains('\0') {
-            return Err(conflict(format!("config.json: bad process.env entry '{e}'")));
+            return Err(conflict(format!(
+                "config.json: bad process.env entry '{e}'"
+            )));
         }
         env.retain(|(n, _): &(String, String)| n != k);
         env.push((k.to_string(), v.to_string()));
@@ -300,7 +320,7 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
             )
         }
     };
-    let rootfs = OciRootfs::from_spec(&spec, &bundle)?;
+    let rootfs = OciRootfs::from_spec(spec, &bundle)?;
 
     let oci = OciSettings {
         id: id.to_string(),
@@ -323,7 +343,7 @@ pub fn config(id: &str, bundle: &Path) -> Result<Config, ConfigError> {
         upper,
         driver,
         read_only,
-        limits: limits(&spec),
+        limits: limits(spec),
         // Hybrid hosts: the v1 controllers, as runc uses them there.
         cgroup_v1_fallback: true,
         hostname,

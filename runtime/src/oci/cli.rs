@@ -32,7 +32,10 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<(), Error> {
 }
 
 /// The hooks of the bundle in `c`'s state, run with its state on stdin.
-fn hooks_of(c: &Container, pick: fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>) -> Vec<oci_spec::runtime::Hook> {
+fn hooks_of(
+    c: &Container,
+    pick: fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>,
+) -> Vec<oci_spec::runtime::Hook> {
     bundle::load(&c.saved.bundle)
         .ok()
         .and_then(|s| s.hooks().clone())
@@ -67,7 +70,10 @@ pub fn create(a: &CreateArgs) -> Result<(Container, Option<std::os::fd::OwnedFd>
             return Err(e);
         }
     };
-    let oci = cfg.oci.as_ref().ok_or(ConfigError::Conflict("no bundle".into()))?;
+    let oci = cfg
+        .oci
+        .as_ref()
+        .ok_or(ConfigError::Conflict("no bundle".into()))?;
     let c = Container::save(
         &dir,
         &a.id,
@@ -82,7 +88,10 @@ pub fn create(a: &CreateArgs) -> Result<(Container, Option<std::os::fd::OwnedFd>
     };
     if let Some(h) = &oci.hooks {
         let state = state_bytes(&c);
-        for (phase, list) in [("prestart", h.prestart()), ("createRuntime", h.create_runtime())] {
+        for (phase, list) in [
+            ("prestart", h.prestart()),
+            ("createRuntime", h.create_runtime()),
+        ] {
             if let Some(list) = list {
                 crate::hooks::run_hooks(list, &state, phase).map_err(|e| fail(e.into()))?;
             }
@@ -142,7 +151,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<i32, Error> {
     let c = match Container::load(root, id) {
         Ok(c) => c,
         // runc: --force on a container that does not exist is not an error.
-        Err(Error::Config(ConfigError::Conflict(_))) if force && !root.join(id).join("state.json").exists() => {
+        Err(Error::Config(ConfigError::Conflict(_)))
+            if force && !root.join(id).join("state.json").exists() =>
+        {
             return Ok(0)
         }
         Err(e) => return Err(e),
@@ -169,10 +180,18 @@ pub fn list(root: &Path, format: &str, quiet: bool) -> Result<i32, Error> {
             let _ = writeln!(out, "{}", serde_json::Value::Array(v));
         }
         "table" => {
-            let _ = writeln!(out, "{:<20} {:<8} {:<10} {:<40} {:<32} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<10} {:<40} {:<32} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            );
             for c in &all {
                 let st = c.status();
-                let pid = if st == Status::Stopped { 0 } else { c.saved.pid };
+                let pid = if st == Status::Stopped {
+                    0
+                } else {
+                    c.saved.pid
+                };
                 let _ = writeln!(
                     out,
                     "{:<20} {:<8} {:<10} {:<40} {:<32} {}",
@@ -226,7 +245,10 @@ pub fn ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<i32
                 .ok_or_else(|| ConfigError::Conflict("ps printed no PID column".into()))?;
             println!("{header}");
             for l in lines {
-                let pid = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok());
+                let pid = l
+                    .split_whitespace()
+                    .nth(col)
+                    .and_then(|p| p.parse::<i32>().ok());
                 if pid.is_some_and(|p| pids.contains(&p)) {
                     println!("{l}");
                 }

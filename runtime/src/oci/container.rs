@@ -170,9 +170,8 @@ impl Container {
         };
         let file = Self::state_file(dir);
         let tmp = dir.join(".state.json.tmp");
-        let text = serde_json::to_vec_pretty(&saved).map_err(|e| {
-            io_err("writing", &file, io::Error::other(e.to_string()))
-        })?;
+        let text = serde_json::to_vec_pretty(&saved)
+            .map_err(|e| io_err("writing", &file, io::Error::other(e.to_string())))?;
         fs::write(&tmp, text).map_err(|e| io_err("writing", &tmp, e))?;
         fs::rename(&tmp, &file).map_err(|e| io_err("writing", &file, e))?;
         Ok(Container {
@@ -218,9 +217,7 @@ impl Container {
     /// Whether the recorded process is still ours and not a zombie.
     pub fn alive(&self) -> bool {
         match proc_stat(self.saved.pid) {
-            Some((state, start)) => {
-                state != 'Z' && state != 'X' && start == self.saved.start_time
-            }
+            Some((state, start)) => state != 'Z' && state != 'X' && start == self.saved.start_time,
             None => false,
         }
     }
@@ -284,9 +281,8 @@ impl Container {
             )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 1];
-            match io::Read::read(&mut &file, &mut b) {
-                Ok(1) => break,
-                Ok(_) | Err(_) => {}
+            if let Ok(1) = io::Read::read(&mut &file, &mut b) {
+                break;
             }
             if !self.alive() {
                 let _ = fs::remove_file(&fifo);

@@ -7,11 +7,13 @@
 //!   has ([`bundle::OciSettings`]);
 //! * [`container`]: a container's state on disk under `--root` (`state.json`, `exec.fifo`),
 //!   its status, and `delete`'s cleanup;
+//! * [`exec`]: a process started in a running container's namespaces;
 //! * [`cli`]: the subcommands' work;
 //! * [`spec_default`], [`features`]: `strata spec` and `strata features`.
 
 pub mod bundle;
 pub mod cli;
 pub mod container;
+pub mod exec;
 pub mod features;
 pub mod spec_default;
