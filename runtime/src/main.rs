@@ -37,7 +37,7 @@ struct Cli {
     /// OCI (runc's): use systemd for cgroups; accepted, strata manages cgroupfs itself
     #[arg(long, global = true)]
     systemd_cgroup: bool,
-    /// OCI (runc's): ignored, strata detects whether it runs rootless
+    /// OCI: `spec --rootless` writes a rootless spec; elsewhere ignored (strata detects it)
     #[arg(long, global = true, value_name = "true|false|auto", num_args = 0..=1, default_missing_value = "true")]
     rootless: Option<String>,
     #[command(subcommand)]
@@ -103,10 +103,8 @@ the container.")]
         ps_args: Vec<String>,
     },
     /// OCI: write a default config.json (as runc spec)
+    /// (with the global --rootless: a spec for a rootless container)
     Spec {
-        /// A spec for a rootless container
-        #[arg(long)]
-        rootless: bool,
         /// Where to write it
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
@@ -457,7 +455,10 @@ fn main() {
                     id,
                     ps_args,
                 } => oci_cli::ps(&root, id, format, ps_args),
-                Cmd::Spec { rootless, bundle } => oci_cli::spec(bundle, *rootless),
+                Cmd::Spec { bundle } => oci_cli::spec(
+                    bundle,
+                    cli.rootless.as_deref().is_some_and(|r| r != "false"),
+                ),
                 Cmd::Features => oci_cli::features(),
                 Cmd::Run(_) | Cmd::Gc { .. } => Ok(0),
             };

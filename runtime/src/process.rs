@@ -992,11 +992,20 @@ pub(crate) fn exec_command(
     }
     if let Some(fifo) = fifo_fd {
         // OCI: set up; `strata create` returns on "R", and `strata start` opens the fifo.
+        // The hooks the spec runs in the container's namespaces run here, their paths
+        // resolved in the container (the pid in their state is 0: this process does not
+        // know its number on the host).
+        if let Err(e) = container_hooks(cfg, "createContainer", "created") {
+            return e;
+        }
         if chan.send(b"R").is_err() {
             return setup("telling strata create")(Errno::EPIPE);
         }
         if let Err(e) = sys::wait_for_start(fifo) {
             return setup("waiting for strata start on exec.fifo")(e);
+        }
+        if let Err(e) = container_hooks(cfg, "startContainer", "running") {
+            return e;
         }
     }
     // Last: from here on only execve runs, under the filter.
@@ -1013,6 +1022,27 @@ pub(crate) fn exec_command(
         }
         .into(),
     }
+}
+
+/// Runs the bundle's createContainer or startContainer hooks from inside the container.
+fn container_hooks(cfg: &Config, phase: &'static str, status: &str) -> Result<(), Error> {
+    let Some(o) = &cfg.oci else { return Ok(()) };
+    let Some(h) = &o.hooks else { return Ok(()) };
+    let list = match phase {
+        "createContainer" => h.create_container(),
+        _ => h.start_container(),
+    };
+    let Some(list) = list else { return Ok(()) };
+    let state = serde_json::json!({
+        "ociVersion": crate::oci::container::OCI_VERSION,
+        "id": o.id,
+        "status": status,
+        "pid": 0,
+        "bundle": o.bundle,
+        "annotations": o.annotations,
+    });
+    let bytes = serde_json::to_vec(&state).unwrap_or_default();
+    crate::hooks::run_hooks(list, &bytes, phase).map_err(Error::from)
 }
 
 /// The program to execute: `name` itself when it has a '/', else the first regular file

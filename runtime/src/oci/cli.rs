@@ -14,6 +14,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+/// println! that ignores a closed stdout (`strata features | head`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// `create`'s and `run`'s options.
 pub struct CreateArgs {
     pub root: PathBuf,
@@ -115,7 +122,7 @@ pub fn start(root: &Path, id: &str) -> Result<i32, Error> {
 pub fn state(root: &Path, id: &str) -> Result<i32, Error> {
     let c = Container::load(root, id)?;
     let text = serde_json::to_string_pretty(&c.state_json()).unwrap_or_default();
-    println!("{text}");
+    outln!("{text}");
     Ok(0)
 }
 
@@ -221,7 +228,7 @@ pub fn ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<i32
     let pids = c.pids();
     match format {
         "json" => {
-            println!("{}", serde_json::json!(pids));
+            outln!("{}", serde_json::json!(pids));
             Ok(0)
         }
         "table" => {
@@ -243,14 +250,14 @@ pub fn ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<i32
                 .split_whitespace()
                 .position(|h| h == "PID")
                 .ok_or_else(|| ConfigError::Conflict("ps printed no PID column".into()))?;
-            println!("{header}");
+            outln!("{header}");
             for l in lines {
                 let pid = l
                     .split_whitespace()
                     .nth(col)
                     .and_then(|p| p.parse::<i32>().ok());
                 if pid.is_some_and(|p| pids.contains(&p)) {
-                    println!("{l}");
+                    outln!("{l}");
                 }
             }
             Ok(0)
@@ -335,6 +342,6 @@ pub fn spec(bundle: &Path, rootless: bool) -> Result<i32, Error> {
 }
 
 pub fn features() -> Result<i32, Error> {
-    println!("{}", super::features::features_json());
+    outln!("{}", super::features::features_json());
     Ok(0)
 }
