@@ -140,6 +140,21 @@ pub fn run(work: &Path, runs: usize) -> Result<Results> {
         ),
     }
     let bundle_s = bundle.display().to_string();
+    // strata's OCI form on the very bundle crun and runc get (state under the work dir).
+    if let Some(strata) = strata_bin() {
+        candidates.push((
+            "strata run ID (OCI bundle)".into(),
+            strata,
+            vec![
+                "--root".into(),
+                work.join("strata-oci").display().to_string(),
+                "run".into(),
+                "--bundle".into(),
+                bundle_s.clone(),
+                "{id}".into(),
+            ],
+        ));
+    }
     for oci in ["crun", "runc"] {
         let mut args: Vec<String> = Vec::new();
         args.extend([
