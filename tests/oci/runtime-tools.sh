@@ -77,7 +77,8 @@ if [[ -n ${RT_TESTS:-} ]]; then
   tests=()
   for t in $RT_TESTS; do tests+=("validation/$t/$t.t"); done
 else
-  mapfile -t tests < <(cd "$build" && ls validation/*/*.t)
+  # No process substitution here or below: the VM of tests/vm/run-in-vm.sh has no /dev/fd.
+  tests=($(cd "$build" && ls validation/*/*.t))
 fi
 
 summary=$outdir/summary.txt
@@ -94,14 +95,14 @@ for t in "${tests[@]}"; do
   # pass. Some tests (hooks, poststart...) report a failure only as a YAML diagnostic with an
   # "error" that belongs to no result line (before the first one or after another diagnostic),
   # under a "1..0" plan: those count as "diag".
-  read -r ok nok skip diag < <(awk '
+  read -r ok nok skip diag <<<"$(awk '
     /^  ---/ { in_yaml = 1; orphan = !seen_result || prev_yaml; err = 0; next }
     in_yaml && /^  \.\.\./ { in_yaml = 0; if (orphan && err) d++; prev_yaml = 1; next }
     in_yaml { if ($0 ~ /^    "error":/) err = 1; next }
     /^ok [0-9]+.*# *[Ss][Kk][Ii][Pp]/ { s++; seen_result = 1; prev_yaml = 0; next }
     /^ok [0-9]+/ { o++; seen_result = 1; prev_yaml = 0; next }
     /^not ok [0-9]+/ { n++; seen_result = 1; prev_yaml = 0; next }
-    END { printf "%d %d %d %d\n", o, n, s, d }' "$tap")
+    END { printf "%d %d %d %d\n", o, n, s, d }' "$tap")"
   status=$rc
   [[ $rc == 124 || $rc == 137 ]] && status="timeout($rc)"
   grep -qE '^1\.\.[0-9]+' "$tap" || status="$status,no-plan"
