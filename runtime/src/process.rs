@@ -628,6 +628,15 @@ fn forward_signals(set: &SigSet, init_pid: &AtomicI32, pending: &AtomicI32, cons
         let pid = init_pid.load(Ordering::SeqCst);
         if pid == 0 {
             pending.store(info.signal as i32, Ordering::SeqCst);
+            // init may have been named between the load and the store: whichever side
+            // swaps the pending signal out sends it, so it is sent once and never lost.
+            let pid = init_pid.load(Ordering::SeqCst);
+            if pid > 0 {
+                let sig = pending.swap(0, Ordering::SeqCst);
+                if let Ok(s) = Signal::try_from(sig) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), s);
+                }
+            }
         } else if pid > 0 {
             debug!("forwarding {} to the container", info.signal);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), info.signal);

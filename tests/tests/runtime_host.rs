@@ -432,7 +432,10 @@ fn stop_signals_are_forwarded_and_everything_stops() {
             &r,
             &out,
             &[],
-            "sleep 100 & touch /out/ready; exec sleep 100",
+            // Ready once the shell has become `sleep`: busybox sh ignores SIGQUIT, so a
+            // signal that came between the touch and the exec would be lost.
+            "sleep 100 & (while [ \"$(cat /proc/$$/comm)\" != sleep ]; do sleep 0.01; done; \
+             touch /out/ready) & exec sleep 100",
         );
         let t = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
