@@ -128,6 +128,11 @@ impl CapSet {
         Ok(CapSet(mask))
     }
 
+    /// Bit N set: capability N.
+    pub fn mask(&self) -> u64 {
+        self.0
+    }
+
     pub fn contains(&self, cap: u32) -> bool {
         cap < 64 && self.0 & (1 << cap) != 0
     }

@@ -937,8 +937,28 @@ pub(crate) fn exec_command(
             return setup("setting the additional groups")(e);
         }
     }
+    let oci_caps = cfg.oci.as_ref().map(|o| o.caps);
+    if oci_caps.is_some() {
+        if let Err(e) = sys::set_keep_caps(true) {
+            return setup("keeping capabilities across the user switch")(e);
+        }
+    }
     if let Err(e) = sys::set_ids(Uid::from_raw(uid), Gid::from_raw(gid), groups.is_empty()) {
         return setup("switching to --user")(e);
+    }
+    // OCI: the bundle's sets, as runc sets them after the switch.
+    if let Some(c) = oci_caps {
+        let r = sys::set_keep_caps(false).and_then(|()| {
+            sys::set_caps(c.effective.mask(), c.permitted.mask(), c.inheritable.mask())
+        });
+        if let Err(e) = r {
+            return setup("setting the capability sets")(e);
+        }
+        for cap in c.ambient.numbers() {
+            if let Err(e) = sys::raise_ambient_cap(cap) {
+                return setup("raising an ambient capability")(e);
+            }
+        }
     }
     if let Err(errno) = nix::unistd::chdir(&cfg.workdir) {
         return ProcessError::Workdir {

@@ -805,3 +805,46 @@ pub fn wait_for_start(fifo: std::os::fd::RawFd) -> SysResult<()> {
     close_inherited(fifo);
     Ok(())
 }
+
+/// Sets the effective, permitted and inheritable sets (bit N: capability N).
+pub fn set_caps(effective: u64, permitted: u64, inheritable: u64) -> SysResult<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let word = |m: u64, i: usize| (m >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapData {
+        effective: word(effective, i),
+        permitted: word(permitted, i),
+        inheritable: word(inheritable, i),
+    });
+    // SAFETY: a version-3 header and a two-element data array, as capset(2) expects.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// Raises capability `cap` in the ambient set (it must be permitted and inheritable).
+pub fn raise_ambient_cap(cap: u32) -> SysResult<()> {
+    // SAFETY: PR_CAP_AMBIENT with PR_CAP_AMBIENT_RAISE takes integer arguments.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// PR_SET_KEEPCAPS: the permitted set survives a switch away from uid 0.
+pub fn set_keep_caps(on: bool) -> SysResult<()> {
+    prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong)
+}

@@ -48,6 +48,17 @@ pub struct OciSettings {
     pub bind_root: bool,
     /// `--preserve-fds N`: descriptors 3..3+N stay open in the command.
     pub preserve_fds: u32,
+    /// process.capabilities' other sets (the bounding set is `Config::caps`).
+    pub caps: ProcessCaps,
+}
+
+/// The effective, permitted, inheritable and ambient sets of `process.capabilities`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessCaps {
+    pub effective: CapSet,
+    pub permitted: CapSet,
+    pub inheritable: CapSet,
+    pub ambient: CapSet,
 }
 
 fn conflict(msg: impl Into<String>) -> ConfigError {
@@ -285,18 +296,25 @@ pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigE
             cwd.display()
         )));
     }
-    let cap_names: Vec<String> = process
-        .capabilities()
-        .as_ref()
-        .and_then(|c| c.bounding().as_ref())
-        .map(|set| {
-            set.iter()
-                .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let caps = CapSet::from_names(cap_names.iter().map(String::as_str))
-        .map_err(|n| conflict(format!("config.json: unknown capability {n}")))?;
+    let pcaps = process.capabilities().as_ref();
+    let set_of = |set: Option<&oci_spec::runtime::Capabilities>| -> Result<CapSet, ConfigError> {
+        let names: Vec<String> = set
+            .map(|set| {
+                set.iter()
+                    .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        CapSet::from_names(names.iter().map(String::as_str))
+            .map_err(|n| conflict(format!("config.json: unknown capability {n}")))
+    };
+    let caps = set_of(pcaps.and_then(|c| c.bounding().as_ref()))?;
+    let process_caps = ProcessCaps {
+        effective: set_of(pcaps.and_then(|c| c.effective().as_ref()))?,
+        permitted: set_of(pcaps.and_then(|c| c.permitted().as_ref()))?,
+        inheritable: set_of(pcaps.and_then(|c| c.inheritable().as_ref()))?,
+        ambient: set_of(pcaps.and_then(|c| c.ambient().as_ref()))?,
+    };
     let ulimits = process
         .rlimits()
         .iter()
@@ -337,6 +355,7 @@ pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigE
         rootfs,
         bind_root,
         preserve_fds: 0,
+        caps: process_caps,
     };
     Ok(Config {
         layers,

@@ -354,12 +354,13 @@ impl Container {
     /// cgroups and directory. Returns the state as it was, for poststop hooks.
     pub fn delete(&self, force: bool) -> Result<(), Error> {
         match self.status() {
-            Status::Stopped | Status::Created => {}
-            Status::Running if force => {}
-            Status::Running => {
+            Status::Stopped => {}
+            _ if force => {}
+            s => {
                 return Err(crate::error::ConfigError::Conflict(format!(
-                    "container {} is running: stop it first, or delete --force",
-                    self.saved.id
+                    "container {} is {}: stop it first, or delete --force",
+                    self.saved.id,
+                    s.name()
                 ))
                 .into())
             }
