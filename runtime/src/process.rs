@@ -954,9 +954,12 @@ pub(crate) fn exec_command(
         if let Err(e) = r {
             return setup("setting the capability sets")(e);
         }
+        // The kernel raises an ambient capability only where it is permitted and
+        // inheritable too; runc warns about the others and goes on (here: -v) (`strata spec`'s
+        // default lists ambient capabilities with an empty inheritable set), so do we.
         for cap in c.ambient.numbers() {
             if let Err(e) = sys::raise_ambient_cap(cap) {
-                return setup("raising an ambient capability")(e);
+                debug!("ambient capability {cap} not raised: {}", e.desc());
             }
         }
     }
@@ -1078,7 +1081,10 @@ fn container_hooks(cfg: &Config, phase: &'static str, status: &str) -> Result<()
 /// called `name` in the directories of `path` (in the container's root).
 fn find_program(name: &OsStr, path: &str) -> Option<PathBuf> {
     if name.as_bytes().contains(&b'/') {
-        return Some(PathBuf::from(name));
+        // Checked here, before an OCI container waits for start: runc's create fails too.
+        return std::fs::symlink_metadata(name)
+            .is_ok()
+            .then(|| PathBuf::from(name));
     }
     if name.is_empty() {
         return None;
