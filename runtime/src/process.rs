@@ -938,6 +938,7 @@ pub(crate) fn exec_command(
         }
     }
     let oci_caps = cfg.oci.as_ref().map(|o| o.caps);
+    let had = sys::permitted_caps().unwrap_or(u64::MAX);
     if oci_caps.is_some() {
         if let Err(e) = sys::set_keep_caps(true) {
             return setup("keeping capabilities across the user switch")(e);
@@ -952,6 +953,21 @@ pub(crate) fn exec_command(
             sys::set_caps(c.effective.mask(), c.permitted.mask(), c.inheritable.mask())
         });
         if let Err(e) = r {
+            // Name what the runtime itself lacks (this host's root has no CAP_SYS_RESOURCE,
+            // for one) rather than a bare EPERM.
+            let wanted = c.effective.mask() | c.permitted.mask() | c.inheritable.mask();
+            let missing = wanted & !had;
+            if e == Errno::EPERM && missing != 0 {
+                let names: Vec<&str> = (0..64)
+                    .filter(|i| missing & (1 << i) != 0)
+                    .map(|i| crate::capabilities::name(i).unwrap_or("an unknown capability"))
+                    .collect();
+                return crate::error::ConfigError::Conflict(format!(
+                    "config.json asks for capabilities that strata itself does not have here: {}",
+                    names.join(", ")
+                ))
+                .into();
+            }
             return setup("setting the capability sets")(e);
         }
         // The kernel raises an ambient capability only where it is permitted and
@@ -1115,9 +1131,11 @@ mod tests {
     #[test]
     fn program_lookup() {
         assert_eq!(
-            find_program(OsStr::new("/x/y"), ""),
-            Some(PathBuf::from("/x/y"))
+            find_program(OsStr::new("/bin/sh"), ""),
+            Some(PathBuf::from("/bin/sh"))
         );
+        // A path is checked too (an OCI create fails at once, as runc's).
+        assert_eq!(find_program(OsStr::new("/no/such/x"), ""), None);
         assert!(find_program(OsStr::new("sh"), "/bin:/usr/bin").is_some());
         assert_eq!(find_program(OsStr::new("no-such-program-x"), "/bin"), None);
     }

@@ -93,7 +93,10 @@ impl Workspace {
         };
         let bind_root = cfg.oci.as_ref().is_some_and(|o| o.bind_root);
         let r = if bind_root {
-            fs::create_dir(&ws.root).map_err(|e| io_err("creating", &ws.root, e))
+            // Bound onto itself inside the container's mount namespace, as runc does: a
+            // user namespace's root (a host uid without access to --root) reaches it there.
+            ws.root = ws.layers[0].clone();
+            Ok(())
         } else {
             ws.fill(id, cfg)
         };

@@ -180,6 +180,24 @@ struct CapData {
     inheritable: u32,
 }
 
+/// The permitted capability set of this thread.
+pub fn permitted_caps() -> SysResult<u64> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array as capget(2) expects for version 3.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
+
 /// Empties the inheritable capability set (keeps effective and permitted).
 pub fn clear_inheritable_caps() -> SysResult<()> {
     let mut header = CapHeader {
@@ -803,6 +821,9 @@ pub fn wait_for_start(fifo: std::os::fd::RawFd) -> SysResult<()> {
     };
     nix::unistd::write(&fd, b"0")?;
     close_inherited(fifo);
+    // Kept open until execve closes it (O_CLOEXEC): `strata start` reads EOF then, and runs
+    // poststart hooks only once the user's process runs.
+    let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
     Ok(())
 }
 

@@ -506,7 +506,7 @@ fn hooks_run_with_the_state_on_stdin() {
     let st: Value =
         serde_json::from_slice(&fs::read(log.join("createRuntime.json")).unwrap()).unwrap();
     assert_eq!(st["id"], id.as_str());
-    assert_eq!(st["status"], "creating");
+    assert_eq!(st["status"], "created");
     assert!(st["pid"].as_i64().unwrap() > 0);
     assert!(!log.join("poststart.json").exists());
     o.strata(&["start", &id]).ok();

@@ -73,11 +73,27 @@ pub fn load(bundle: &Path) -> Result<Spec, ConfigError> {
         path: file.clone(),
         reason: crate::error::io_text(&e),
     })?;
-    serde_json::from_str(&text).map_err(|e| ConfigError::Path {
+    let spec: Spec = serde_json::from_str(&text).map_err(|e| ConfigError::Path {
         what: "bundle config",
-        path: file,
+        path: file.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    // The spec's valid-values rule: a version this runtime does not read is an error.
+    let v = spec.version();
+    let mut parts = v.split('.');
+    let major_ok = parts.next() == Some("1");
+    let rest_ok = parts.all(|p| {
+        let digits = p.split(['-', '+']).next().unwrap_or("");
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !major_ok || !rest_ok || v.split('.').count() < 2 {
+        return Err(ConfigError::Path {
+            what: "bundle config",
+            path: file,
+            reason: format!("ociVersion {v:?} is not a runtime spec version 1.x"),
+        });
+    }
+    Ok(spec)
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
@@ -269,7 +285,9 @@ pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigE
     }
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     if let Some(h) = &hostname {
-        if !create.contains(CloneFlags::CLONE_NEWUTS) {
+        if !create.contains(CloneFlags::CLONE_NEWUTS)
+            && !join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS)
+        {
             return Err(conflict(
                 "config.json sets a hostname without a new uts namespace",
             ));

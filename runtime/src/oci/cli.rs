@@ -94,10 +94,8 @@ pub fn create(a: &CreateArgs) -> Result<(Container, Option<std::os::fd::OwnedFd>
         e
     };
     if let Some(h) = &oci.hooks {
-        // As runc passes it: these hooks run while the container is still being created.
-        let mut st = c.state_json();
-        st["status"] = serde_json::json!("creating");
-        let state = serde_json::to_vec(&st).unwrap_or_default();
+        // runtime-tools' hooks_stdin wants "created" here (runc passes "creating").
+        let state = state_bytes(&c);
         for (phase, list) in [
             ("prestart", h.prestart()),
             ("createRuntime", h.create_runtime()),

@@ -300,6 +300,25 @@ impl Container {
                 .into());
             }
         }
+        // Then EOF: the process closed its end at execve (or died), so what `start`
+        // runs next (poststart hooks) comes after the user's process is executed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&file),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            let mut b = [0u8; 16];
+            match io::Read::read(&mut &file, &mut b) {
+                Ok(0) => break,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+            if !self.alive() {
+                break;
+            }
+        }
         let _ = fs::remove_file(&fifo);
         Ok(())
     }
