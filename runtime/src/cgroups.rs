@@ -186,6 +186,20 @@ impl Cgroup {
         limits: &Limits,
         v1_fallback: bool,
     ) -> Result<Option<Cgroup>, CgroupError> {
+        Self::create_at(id, None, limits, v1_fallback)
+    }
+
+    /// As [`create`](Self::create); `place` (as root): the cgroup's path under each
+    /// hierarchy's mount instead of `strata/<id>` (an OCI bundle's `linux.cgroupsPath`).
+    /// Missing parents are made (and left, as runc leaves them).
+    pub fn create_at(
+        id: &str,
+        place: Option<&Path>,
+        limits: &Limits,
+        v1_fallback: bool,
+    ) -> Result<Option<Cgroup>, CgroupError> {
+        let default_place = Path::new("strata").join(id);
+        let place = place.unwrap_or(&default_place);
         let needed = limits.controllers();
         let root = nix::unistd::geteuid().is_root();
         let v2 = v2_mount();
@@ -193,7 +207,7 @@ impl Cgroup {
         // Where a v2 cgroup may go, and what it offers.
         let base = v2.as_ref().and_then(|m| {
             if root {
-                Some(m.join("strata"))
+                Some(m.join(place.parent().unwrap_or(Path::new(""))))
             } else {
                 let own = join_rel(m, &own_cgroup(None)?);
                 writable(&own).then_some(own)
@@ -212,7 +226,7 @@ impl Cgroup {
 
         if let Some(&(controller, option)) = missing.first() {
             if v1_fallback {
-                return Self::create_v1(id, limits).map(Some);
+                return Self::create_v1(place, limits).map(Some);
             }
             let reason = match (&v2, &base) {
                 (None, _) => "no cgroup v2 hierarchy is mounted".to_string(),
@@ -238,22 +252,30 @@ impl Cgroup {
         let (Some(mount), Some(base)) = (v2, base) else {
             if root {
                 // A cgroup v1 host: the devices controller still gives the allowlist.
-                return Self::create_v1(id, limits).map(Some);
+                return Self::create_v1(place, limits).map(Some);
             }
             info!("cgroup: none (no delegated cgroup v2 hierarchy); no limits were asked for");
             return Ok(None);
         };
         let ctrls: Vec<&str> = needed.iter().map(|(c, _)| *c).collect();
         if root {
-            mkdir(&base)?;
-            enable(&mount, &ctrls)?;
-        }
-        enable(&base, &ctrls)?;
-        let leaf = base.join(if root {
-            id.to_string()
+            // Top-down: each level enables the controllers for the next (no process lives
+            // in these intermediate cgroups, as the no-internal-process rule wants).
+            let mut dir = mount.clone();
+            enable(&dir, &ctrls)?;
+            for c in place.parent().unwrap_or(Path::new("")).components() {
+                dir.push(c);
+                mkdir(&dir)?;
+                enable(&dir, &ctrls)?;
+            }
         } else {
-            format!("strata-{id}")
-        });
+            enable(&base, &ctrls)?;
+        }
+        let leaf = if root {
+            mount.join(place)
+        } else {
+            base.join(format!("strata-{id}"))
+        };
         mkdir(&leaf)?;
         let mut cg = Cgroup {
             kind: Kind::V2,
@@ -324,7 +346,7 @@ impl Cgroup {
         Ok(())
     }
 
-    fn create_v1(id: &str, l: &Limits) -> Result<Cgroup, CgroupError> {
+    fn create_v1(place: &Path, l: &Limits) -> Result<Cgroup, CgroupError> {
         let mounts = mounts();
         let mut dirs: Vec<(&'static str, PathBuf)> = Vec::new();
         let mut cg = Cgroup {
@@ -359,9 +381,14 @@ impl Cgroup {
                     ),
                 });
             };
-            let base = mnt.join("strata");
-            let leaf = base.join(id);
-            let res = mkdir(&base).and_then(|()| mkdir(&leaf));
+            let leaf = mnt.join(place);
+            let res = place
+                .parent()
+                .map(|p| mnt.join(p))
+                .map_or(Ok(()), |b| {
+                    fs::create_dir_all(&b).map_err(|e| io_err("creating", &b, e))
+                })
+                .and_then(|()| mkdir(&leaf));
             dirs.push((v1name, leaf.clone()));
             cg.kind = Kind::V1(dirs.clone());
             if let Err(e) = res {

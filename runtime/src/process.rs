@@ -439,7 +439,12 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
     let idmap = (rootless && new_user && oci.uid_map.is_empty()).then(IdMap::for_current_user);
     let mut res = Resources::default();
     res.ws = Some(Workspace::create_oci(opts.dir.to_path_buf(), &oci.id, cfg)?);
-    res.cgroup = Cgroup::create(&oci.id, &cfg.limits, cfg.cgroup_v1_fallback)?;
+    res.cgroup = Cgroup::create_at(
+        &oci.id,
+        oci.cgroups_path.as_deref().filter(|_| !rootless),
+        &cfg.limits,
+        cfg.cgroup_v1_fallback,
+    )?;
     let ws = res.ws.as_ref().ok_or(ProcessError::Setup {
         what: "state directory",
         errno: Errno::EINVAL,

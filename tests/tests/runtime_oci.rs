@@ -637,3 +637,41 @@ fn layers_annotation_mounts_the_stack() {
     o.run(&id).fails(2, "/no/such/layer");
     o.assert_gone(&id, 0);
 }
+
+#[test]
+fn cgroups_path_places_the_cgroup() {
+    let o = Oci::new("cgpath");
+    let top = format!("strata-test-cgpath-{}", std::process::id());
+    o.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("/{top}/box"));
+        c["linux"]["resources"] = json!({"pids": {"limit": 100}});
+    });
+    o.args("exec sleep 100");
+    let id = unique("cgpath");
+    o.create(&id).ok();
+    let pid = o.state(&id)["pid"].as_i64().unwrap() as i32;
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // The pids controller's line (v2: 0::, hybrid hosts: the v1 pids hierarchy).
+    let line = cg
+        .lines()
+        .find(|l| l.ends_with(&format!(":/{top}/box")))
+        .unwrap_or_else(|| panic!("no cgroup at /{top}/box: {cg}"));
+    let mount = if line.starts_with("0::") && !Path::new("/sys/fs/cgroup/pids").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    };
+    let leaf = mount.join(&top).join("box");
+    assert_eq!(
+        fs::read_to_string(leaf.join("pids.max")).unwrap().trim(),
+        "100"
+    );
+    o.strata(&["delete", "-f", &id]).ok();
+    o.assert_gone(&id, pid);
+    assert!(!leaf.exists(), "{} is left", leaf.display());
+    // The parent it made stays, as runc leaves it; this test removes it.
+    let _ = fs::remove_dir(mount.join(&top));
+    // A path that would leave the hierarchy is refused.
+    o.edit(|c| c["linux"]["cgroupsPath"] = json!("/../../x"));
+    o.create(&id).fails(2, "cgroupsPath");
+}

@@ -50,6 +50,9 @@ pub struct OciSettings {
     pub preserve_fds: u32,
     /// process.capabilities' other sets (the bounding set is `Config::caps`).
     pub caps: ProcessCaps,
+    /// `linux.cgroupsPath`, checked: the cgroup's place under each hierarchy's mount
+    /// (absolute: from the mount; relative: under `strata/`). `None`: `strata/<id>`.
+    pub cgroups_path: Option<PathBuf>,
 }
 
 /// The effective, permitted, inheritable and ambient sets of `process.capabilities`.
@@ -357,6 +360,43 @@ pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigE
         }
     };
     let rootfs = OciRootfs::from_spec(spec, &bundle)?;
+    let cgroups_path = match linux.and_then(|l| l.cgroups_path().as_ref()) {
+        None => None,
+        Some(p) if p.as_os_str().is_empty() => None,
+        // systemd's slice:prefix:name form (--systemd-cgroup): strata manages cgroupfs only.
+        Some(p) if p.to_string_lossy().contains(':') => {
+            log::debug!(
+                "linux.cgroupsPath {} is systemd's form: using strata/{id}",
+                p.display()
+            );
+            None
+        }
+        Some(p) => {
+            if p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(conflict(format!(
+                    "config.json: linux.cgroupsPath {} leaves the cgroup hierarchy (..)",
+                    p.display()
+                )));
+            }
+            let rel: PathBuf = p
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect();
+            if rel.as_os_str().is_empty() {
+                return Err(conflict(format!(
+                    "config.json: linux.cgroupsPath {} is the hierarchy's root",
+                    p.display()
+                )));
+            }
+            Some(if p.is_absolute() {
+                rel
+            } else {
+                Path::new("strata").join(rel)
+            })
+        }
+    };
 
     let oci = OciSettings {
         id: id.to_string(),
@@ -374,6 +414,7 @@ pub fn config_of(id: &str, bundle: &Path, spec: &Spec) -> Result<Config, ConfigE
         bind_root,
         preserve_fds: 0,
         caps: process_caps,
+        cgroups_path,
     };
     Ok(Config {
         layers,
