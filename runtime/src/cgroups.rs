@@ -156,6 +156,25 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// A new v1 cpuset cgroup starts with no cpus and mems, and no process may join it then:
+/// each level from the mount down to `place` takes its parent's where it has none.
+fn inherit_cpuset(mount: &Path, place: &Path) -> Result<(), CgroupError> {
+    let mut dir = mount.to_path_buf();
+    for c in place.components() {
+        let parent = dir.clone();
+        dir.push(c);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if mine.trim().is_empty() {
+                let theirs = fs::read_to_string(parent.join(file))
+                    .map_err(|e| io_err("reading", &parent.join(file), e))?;
+                write(&dir.join(file), theirs.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Enables `controllers` in `dir/cgroup.subtree_control` (those not enabled yet).
 fn enable(dir: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
     let file = dir.join("cgroup.subtree_control");
@@ -326,10 +345,32 @@ impl Cgroup {
             write(&p.join("memory.swap.max"), &v)?;
             info!("cgroup: memory.swap.max = {v}");
         }
-        if let Some(c) = l.cpus {
-            let v = format!("{} {CPU_PERIOD}", (c * CPU_PERIOD as f64).round() as u64);
+        let o = &l.oci;
+        let period = o.cpu_period.unwrap_or(CPU_PERIOD);
+        if l.cpus.is_some() || o.cpu_period.is_some() {
+            let quota = l
+                .cpus
+                .map(|c| ((c * period as f64).round() as u64).to_string())
+                .unwrap_or_else(|| "max".into());
+            let v = format!("{quota} {period}");
             write(&p.join("cpu.max"), &v)?;
             info!("cgroup: cpu.max = {v}");
+        }
+        for (file, v) in [
+            ("cpuset.cpus", &o.cpuset_cpus),
+            ("cpuset.mems", &o.cpuset_mems),
+        ] {
+            if let Some(v) = v {
+                write(&p.join(file), v)?;
+                info!("cgroup: {file} = {v}");
+            }
+        }
+        if let Some(r) = o.memory_reservation {
+            write(&p.join("memory.low"), &r.to_string())?;
+            info!("cgroup: memory.low = {r}");
+        }
+        if o.memory_swappiness.is_some() || o.oom_kill_disable || o.cpu_rt_period.is_some() {
+            debug!("cgroup v2 has no swappiness, OOM-killer switch or realtime period: not set");
         }
         if let Some(w) = l.cpu_weight {
             write(&p.join("cpu.weight"), &w.to_string())?;
@@ -388,7 +429,14 @@ impl Cgroup {
                 .map_or(Ok(()), |b| {
                     fs::create_dir_all(&b).map_err(|e| io_err("creating", &b, e))
                 })
-                .and_then(|()| mkdir(&leaf));
+                .and_then(|()| mkdir(&leaf))
+                .and_then(|()| {
+                    if v1name == "cpuset" {
+                        inherit_cpuset(mnt, place)
+                    } else {
+                        Ok(())
+                    }
+                });
             dirs.push((v1name, leaf.clone()));
             cg.kind = Kind::V1(dirs.clone());
             if let Err(e) = res {
@@ -423,9 +471,19 @@ impl Cgroup {
             }
             info!("cgroup (v1 fallback): device allowlist");
         }
+        let o = &l.oci;
         if let Some(d) = self.v1_dir("memory") {
             if let Some(m) = l.memory {
                 write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+            }
+            if let Some(r) = o.memory_reservation {
+                write(&d.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+            }
+            if let Some(v) = o.memory_swappiness {
+                write(&d.join("memory.swappiness"), &v.to_string())?;
+            }
+            if o.oom_kill_disable {
+                write(&d.join("memory.oom_control"), "1")?;
             }
             if let Some(swap) = l.memory_swap {
                 let v = swap.map(|t| t.to_string()).unwrap_or_else(|| "-1".into());
@@ -433,15 +491,37 @@ impl Cgroup {
             }
         }
         if let Some(d) = self.v1_dir("cpu") {
+            let period = o.cpu_period.unwrap_or(CPU_PERIOD);
+            if l.cpus.is_some() || o.cpu_period.is_some() {
+                write(&d.join("cpu.cfs_period_us"), &period.to_string())?;
+            }
             if let Some(c) = l.cpus {
-                write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
-                let quota = (c * CPU_PERIOD as f64).round() as u64;
+                let quota = (c * period as f64).round() as u64;
                 write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
-            if let Some(w) = l.cpu_weight {
+            // The period before the runtime: the kernel checks runtime <= period.
+            if let Some(p) = o.cpu_rt_period {
+                write(&d.join("cpu.rt_period_us"), &p.to_string())?;
+            }
+            if let Some(r) = o.cpu_rt_runtime {
+                write(&d.join("cpu.rt_runtime_us"), &r.to_string())?;
+            }
+            if let Some(s) = o.cpu_shares {
+                write(&d.join("cpu.shares"), &s.to_string())?;
+            } else if let Some(w) = l.cpu_weight {
                 // The conversion runc and systemd use between cpu.weight and cpu.shares.
                 let shares = 2 + ((w - 1) * 262_142) / 9_999;
                 write(&d.join("cpu.shares"), &shares.to_string())?;
+            }
+        }
+        if let Some(d) = self.v1_dir("cpuset") {
+            for (file, v) in [
+                ("cpuset.cpus", &o.cpuset_cpus),
+                ("cpuset.mems", &o.cpuset_mems),
+            ] {
+                if let Some(v) = v {
+                    write(&d.join(file), v)?;
+                }
             }
         }
         if let Some(d) = self.v1_dir("pids") {

@@ -83,6 +83,28 @@ pub struct Limits {
     /// pids.max.
     pub pids: Option<u64>,
     pub io_max: Vec<IoMax>,
+    /// The rest come from an OCI bundle's `linux.resources` only.
+    pub oci: OciLimits,
+}
+
+/// `linux.resources` settings beyond `strata run`'s options, kept as the spec gives them
+/// (cgroup v1 semantics): v1 hosts write them as they are, v2 where it has an equivalent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OciLimits {
+    /// cpu.cfs_period_us (v2: cpu.max's period).
+    pub cpu_period: Option<u64>,
+    /// cpu.shares as given (v1 writes it exactly; v2 uses `cpu_weight`).
+    pub cpu_shares: Option<u64>,
+    pub cpu_rt_period: Option<u64>,
+    pub cpu_rt_runtime: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// memory.soft_limit_in_bytes (v2: memory.low).
+    pub memory_reservation: Option<u64>,
+    /// memory.swappiness (v1 only).
+    pub memory_swappiness: Option<u64>,
+    /// memory.oom_control (v1 only).
+    pub oom_kill_disable: bool,
 }
 
 impl Limits {
@@ -93,15 +115,27 @@ impl Limits {
     /// The cgroup controllers these limits need, with the option that needs each.
     pub fn controllers(&self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
+        let o = &self.oci;
         if self.memory.is_some() {
             out.push(("memory", "--memory"));
         } else if self.memory_swap.is_some() {
             out.push(("memory", "--memory-swap"));
+        } else if o.memory_reservation.is_some()
+            || o.memory_swappiness.is_some()
+            || o.oom_kill_disable
+        {
+            out.push(("memory", "linux.resources.memory"));
         }
         if self.cpus.is_some() {
             out.push(("cpu", "--cpus"));
         } else if self.cpu_weight.is_some() {
             out.push(("cpu", "--cpu-weight"));
+        } else if o.cpu_period.is_some() || o.cpu_rt_period.is_some() || o.cpu_rt_runtime.is_some()
+        {
+            out.push(("cpu", "linux.resources.cpu"));
+        }
+        if o.cpuset_cpus.is_some() || o.cpuset_mems.is_some() {
+            out.push(("cpuset", "linux.resources.cpu"));
         }
         if self.pids.is_some() {
             out.push(("pids", "--pids"));
@@ -326,6 +360,7 @@ impl Config {
             cpu_weight,
             pids,
             io_max,
+            oci: Default::default(),
         };
 
         let hostname = raw

@@ -644,7 +644,10 @@ fn cgroups_path_places_the_cgroup() {
     let top = format!("strata-test-cgpath-{}", std::process::id());
     o.edit(|c| {
         c["linux"]["cgroupsPath"] = json!(format!("/{top}/box"));
-        c["linux"]["resources"] = json!({"pids": {"limit": 100}});
+        c["linux"]["resources"] = json!({
+            "pids": {"limit": 100},
+            "cpu": {"shares": 1024, "period": 500000, "quota": 200000},
+        });
     });
     o.args("exec sleep 100");
     let id = unique("cgpath");
@@ -666,11 +669,24 @@ fn cgroups_path_places_the_cgroup() {
         fs::read_to_string(leaf.join("pids.max")).unwrap().trim(),
         "100"
     );
+    // The bundle's cpu values as given: v1 exactly (shares, period), v2 as cpu.max.
+    let read =
+        |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    if mount == Path::new("/sys/fs/cgroup") {
+        assert_eq!(read(leaf.join("cpu.max")).trim(), "200000 500000");
+    } else {
+        let cpu = Path::new("/sys/fs/cgroup/cpu").join(&top).join("box");
+        assert_eq!(read(cpu.join("cpu.shares")).trim(), "1024");
+        assert_eq!(read(cpu.join("cpu.cfs_period_us")).trim(), "500000");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")).trim(), "200000");
+    }
     o.strata(&["delete", "-f", &id]).ok();
     o.assert_gone(&id, pid);
     assert!(!leaf.exists(), "{} is left", leaf.display());
     // The parent it made stays, as runc leaves it; this test removes it.
-    let _ = fs::remove_dir(mount.join(&top));
+    for hierarchy in ["", "pids", "cpu", "devices"] {
+        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(hierarchy).join(&top));
+    }
     // A path that would leave the hierarchy is refused.
     o.edit(|c| c["linux"]["cgroupsPath"] = json!("/../../x"));
     o.create(&id).fails(2, "cgroupsPath");

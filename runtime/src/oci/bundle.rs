@@ -150,6 +150,9 @@ fn limits(spec: &Spec) -> Limits {
         return l;
     };
     if let Some(m) = r.memory() {
+        l.oci.memory_reservation = m.reservation().filter(|v| *v > 0).map(|v| v as u64);
+        l.oci.memory_swappiness = m.swappiness().filter(|v| *v <= 100);
+        l.oci.oom_kill_disable = m.disable_oom_killer().unwrap_or(false);
         l.memory = m.limit().filter(|v| *v > 0).map(|v| v as u64);
         if l.memory.is_some() {
             l.memory_swap = match m.swap() {
@@ -160,6 +163,13 @@ fn limits(spec: &Spec) -> Limits {
         }
     }
     if let Some(c) = r.cpu() {
+        let o = &mut l.oci;
+        o.cpu_period = c.period().filter(|p| *p > 0);
+        o.cpu_shares = c.shares().filter(|s| *s >= 2);
+        o.cpu_rt_period = c.realtime_period().filter(|p| *p > 0);
+        o.cpu_rt_runtime = c.realtime_runtime().filter(|r| *r != 0);
+        o.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
+        o.cpuset_mems = c.mems().clone().filter(|s| !s.is_empty());
         if let (Some(q), p) = (c.quota().filter(|q| *q > 0), c.period()) {
             let period = p.filter(|p| *p > 0).unwrap_or(100_000);
             l.cpus = Some(q as f64 / period as f64);

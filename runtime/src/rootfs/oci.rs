@@ -5,9 +5,9 @@
 //! As runc: the spec's mounts in order (option names as runc's, unknown ones passed to the
 //! filesystem as data), then, unless /dev is a bind mount, the default devices and the
 //! /dev/ptmx, /dev/fd, /dev/std* links that are missing, `linux.devices`, `linux.sysctl`,
-//! `linux.maskedPaths`, `linux.readonlyPaths`. Bind sources are taken as detached trees
-//! (`open_tree`) and given their flags (mount_setattr) before anything is mounted in the new
-//! root, so a bind is never visible with looser flags than asked. Every target is resolved
+//! `linux.maskedPaths`, `linux.readonlyPaths`. Each bind source is taken as a detached tree
+//! (`open_tree`) and given its flags (mount_setattr) before it is attached, so a bind is never
+//! visible with looser flags than asked. Every target is resolved
 //! as in the parent module (no symlink followed from the new root).
 //!
 //! Devices are made with mknod (mode, uid, gid of the spec); where that is not permitted
@@ -445,39 +445,38 @@ fn top_change(o: &MountOptions) -> MountChange {
     }
 }
 
-/// Host trees taken before anything is mounted in the new root.
+/// Host trees taken before anything is mounted in the new root (not the binds': see
+/// [`take_bind`]).
 struct Trees {
-    /// One per mount (Some for the binds), with whether the source is a directory.
-    binds: Vec<Option<(OwnedFd, bool)>>,
     /// The host's /sys for a sysfs the user namespace may not mount (rootless).
     sys: Option<OwnedFd>,
     /// The host's /sys/fs/cgroup for a cgroup mount when the host is not pure cgroup v2.
     cgroup: Option<OwnedFd>,
 }
 
-fn take_trees(spec: &super::RootfsSpec, oci: &OciRootfs) -> Result<Trees, RootfsError> {
-    let mut binds = Vec::new();
-    for m in &oci.mounts {
-        let MountKind::Bind { source, recursive } = &m.kind else {
-            binds.push(None);
-            continue;
-        };
-        let what = || format!("bind {}", source.display());
-        let tree =
-            sys::open_tree(source, *recursive).map_err(|e| mount_err(what(), &m.destination, e))?;
-        let top = top_change(&m.options);
-        if !top.is_empty() {
-            sys::mount_setattr(&tree, top, false).map_err(|e| {
-                mount_err(format!("{}: setting its flags", what()), &m.destination, e)
-            })?;
-        }
-        if !m.options.recursive.is_empty() {
-            sys::mount_setattr(&tree, m.options.recursive, true).map_err(|e| {
-                mount_err(format!("{}: setting its flags", what()), &m.destination, e)
-            })?;
-        }
-        binds.push(Some((tree, source.is_dir())));
+/// A bind's source as a detached tree with its flags set, taken just before it is attached:
+/// its mount is made in the spec's order (mountinfo lists mounts by creation since Linux
+/// 6.8, and runtime-tools checks that order), and it sees the mounts made before it, as runc's.
+fn take_bind(m: &OciMount) -> Result<Option<(OwnedFd, bool)>, RootfsError> {
+    let MountKind::Bind { source, recursive } = &m.kind else {
+        return Ok(None);
+    };
+    let what = || format!("bind {}", source.display());
+    let tree =
+        sys::open_tree(source, *recursive).map_err(|e| mount_err(what(), &m.destination, e))?;
+    let top = top_change(&m.options);
+    if !top.is_empty() {
+        sys::mount_setattr(&tree, top, false)
+            .map_err(|e| mount_err(format!("{}: setting its flags", what()), &m.destination, e))?;
     }
+    if !m.options.recursive.is_empty() {
+        sys::mount_setattr(&tree, m.options.recursive, true)
+            .map_err(|e| mount_err(format!("{}: setting its flags", what()), &m.destination, e))?;
+    }
+    Ok(Some((tree, source.is_dir())))
+}
+
+fn take_trees(spec: &super::RootfsSpec, oci: &OciRootfs) -> Result<Trees, RootfsError> {
     let any = |f: &dyn Fn(&MountKind) -> bool| oci.mounts.iter().any(|m| f(&m.kind));
     let sys_tree = if spec.rootless
         && any(&|k| matches!(k, MountKind::Fs { fstype, .. } if fstype == "sysfs"))
@@ -510,7 +509,6 @@ fn take_trees(spec: &super::RootfsSpec, oci: &OciRootfs) -> Result<Trees, Rootfs
         None
     };
     Ok(Trees {
-        binds,
         sys: sys_tree,
         cgroup,
     })
@@ -824,8 +822,8 @@ pub(super) fn mount_all(
     oci: &OciRootfs,
 ) -> Result<(), RootfsError> {
     let mut trees = take_trees(spec, oci)?;
-    let binds = std::mem::take(&mut trees.binds);
-    for (m, bind) in oci.mounts.iter().zip(binds) {
+    for m in &oci.mounts {
+        let bind = take_bind(m)?;
         mount_one(base, spec, m, bind, &mut trees)?;
     }
     // As runc: a /dev bound from the host is left as it is.
