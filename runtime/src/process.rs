@@ -994,6 +994,9 @@ pub(crate) fn exec_command(
     // The working directory must be inside the new root (runc CVE-2024-21626).
     match nix::unistd::getcwd() {
         Ok(p) if p.is_absolute() => {}
+        // getcwd refused (the bundle's seccomp profile may deny it, loaded already when
+        // no_new_privs is off): walk up with "..", which reaches "/" only from inside.
+        Err(e) if e != Errno::ENOENT && sys::cwd_reaches_root() => {}
         _ => {
             return ProcessError::Workdir {
                 path: cfg.workdir.clone(),

@@ -180,6 +180,45 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Whether walking up from the working directory with ".." reaches this process's "/"
+/// (a working directory outside the root reaches another top).
+pub fn cwd_reaches_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::metadata("/") else {
+        return false;
+    };
+    let id = |m: &std::fs::Metadata| (m.dev(), m.ino());
+    let Ok(mut dir) = std::fs::File::open(".") else {
+        return false;
+    };
+    for _ in 0..4096 {
+        let Ok(here) = dir.metadata() else {
+            return false;
+        };
+        if id(&here) == id(&root) {
+            return true;
+        }
+        let up = nix::fcntl::openat(
+            std::os::fd::AsFd::as_fd(&dir),
+            "..",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        let Ok(up) = up else {
+            return false;
+        };
+        let up = std::fs::File::from(up);
+        match up.metadata() {
+            Ok(m) if id(&m) == id(&here) => return false,
+            Ok(_) => dir = up,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The permitted capability set of this thread.
 pub fn permitted_caps() -> SysResult<u64> {
     let mut header = CapHeader {

@@ -116,7 +116,13 @@ pub fn start(root: &Path, id: &str) -> Result<i32, Error> {
     let c = Container::load(root, id)?;
     c.start()?;
     let post = hooks_of(&c, |h| h.poststart());
-    crate::hooks::run_hooks_best_effort(&post, &state_bytes(&c), "poststart");
+    // The state as it was at the start, as runc passes it: a short process may have
+    // ended by now.
+    let mut st = c.state_json();
+    st["status"] = serde_json::json!("running");
+    st["pid"] = serde_json::json!(c.saved.pid);
+    let state = serde_json::to_vec(&st).unwrap_or_default();
+    crate::hooks::run_hooks_best_effort(&post, &state, "poststart");
     Ok(0)
 }
 
