@@ -5,7 +5,8 @@
 //! Modules, one per concept (model: youki):
 //! * [`config`]: the validated command line;
 //! * [`capabilities`]: the container's capability set (`--cap-add`, `--cap-drop`);
-//! * [`oci`]: the OCI runtime form (`create`, `start`, `state`…) over a bundle's config.json;
+//! * [`oci`]: the OCI runtime CLI (`create`, `start`, `state`…) over a bundle's config.json,
+//!   and its documents (`spec`'s default config.json, `features`);
 //! * [`process`]: the process sequence (parent, intermediate, init, command), documented there;
 //! * [`namespaces`], [`idmap`]: the namespaces and the user namespace's uid/gid maps;
 //! * [`stack`]: the layer stack, its driver and the per-container state directory;
@@ -18,7 +19,6 @@
 //! * [`tty`]: `-t`, the container's own terminal and its relay to the caller's;
 //! * [`seccomp`]: the system call filter (Docker's default profile or an OCI one);
 //! * [`hooks`]: the OCI hooks of a config.json (prestart, createRuntime... poststop);
-//! * [`oci`]: the OCI runtime CLI's documents (`spec`'s default config.json, `features`);
 //! * [`error`]: typed errors and exit statuses;
 //! * [`sys`]: every raw system call and `unsafe` block, behind safe wrappers.
 

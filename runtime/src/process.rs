@@ -799,7 +799,13 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
         // OCI: the command is pid 1 (as with runc and crun), so its status is the
         // container's as its parent (a subreaper) sees it.
         let err = exec_command(c.cfg, c.fifo_fd, true, chan);
-        return chan.fail(err.exit_code(), &err);
+        let code = err.exit_code();
+        // After start nobody reads the channel: say it where the container's output goes,
+        // as runc's init does ("exec /x: no such file or directory" in the engine's logs).
+        if chan.send(format!("E{code}\t{err}").as_bytes()).is_err() {
+            eprintln!("strata: {err}");
+        }
+        return code;
     }
     let mut set = stop_signals();
     set.add(Signal::SIGCHLD);
@@ -1018,8 +1024,11 @@ pub(crate) fn exec_command(
         .unwrap_or("");
     let name = cfg.command[0].as_os_str();
     let shown = name.to_string_lossy().into_owned();
+    // OCI: a missing command fails at start, not create (runtime-tools' misc_props creates
+    // bundles without one); the error then goes to the container's stderr.
     let program = match find_program(name, path_env) {
         Some(p) => p,
+        None if fifo_fd.is_some() => PathBuf::from(name),
         None => return ProcessError::NotFound { command: shown }.into(),
     };
     let bad = |_| {
@@ -1105,7 +1114,7 @@ fn container_hooks(cfg: &Config, phase: &'static str, status: &str) -> Result<()
 /// called `name` in the directories of `path` (in the container's root).
 fn find_program(name: &OsStr, path: &str) -> Option<PathBuf> {
     if name.as_bytes().contains(&b'/') {
-        // Checked here, before an OCI container waits for start: runc's create fails too.
+        // Checked here, before anything runs.
         return std::fs::symlink_metadata(name)
             .is_ok()
             .then(|| PathBuf::from(name));
@@ -1142,7 +1151,7 @@ mod tests {
             find_program(OsStr::new("/bin/sh"), ""),
             Some(PathBuf::from("/bin/sh"))
         );
-        // A path is checked too (an OCI create fails at once, as runc's).
+        // A path is checked too (`strata run` fails before anything runs).
         assert_eq!(find_program(OsStr::new("/no/such/x"), ""), None);
         assert!(find_program(OsStr::new("sh"), "/bin:/usr/bin").is_some());
         assert_eq!(find_program(OsStr::new("no-such-program-x"), "/bin"), None);

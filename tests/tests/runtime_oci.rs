@@ -473,10 +473,11 @@ fn bad_input_is_one_line_and_exit_2() {
     o.edit(|c| c["root"]["path"] = json!("missing-rootfs"));
     o.create(&id).fails(2, "missing-rootfs");
     o.assert_gone(&id, 0);
-    // A command that is not in the container: create fails (127), and leaves nothing.
+    // A command that is not in the container: create succeeds (as runtime-tools wants),
+    // the process fails at start with 127 and says so on the container's stderr.
     let o = Oci::new("bad3");
     o.edit(|c| c["process"]["args"] = json!(["/no/such/cmd"]));
-    o.create(&id).fails(127, "/no/such/cmd");
+    o.run(&id).fails(127, "/no/such/cmd");
     o.assert_gone(&id, 0);
     // spec refuses to overwrite a config.json.
     o.strata(&["spec", "-b", o.bundle.to_str().unwrap()])
