@@ -519,7 +519,9 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
     let mut console = None;
     let mut failure: Option<(i32, String)> = None;
     let mut ready = false;
-    while !ready {
+    // Both messages: the intermediate's "I" may come after init's "R" (it can be descheduled
+    // between its fork and its send while init does all of its setup).
+    while !(ready && init_pid > 0) {
         let (msg, fd) = match parent_end.recv_with_fd() {
             Ok((m, _)) if m.is_empty() => break,
             Ok(m) => m,
