@@ -145,6 +145,14 @@ impl Channel {
     }
 }
 
+/// The code and message of an `E<code>\t<message>` message (without its `E`).
+pub(crate) fn parse_failure(body: &[u8]) -> (i32, String) {
+    let text = String::from_utf8_lossy(body).into_owned();
+    text.split_once('\t')
+        .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
+        .unwrap_or((error::EXIT_RUNTIME, text))
+}
+
 /// Resources the parent must release, whatever happens.
 #[derive(Default)]
 struct Resources {
@@ -352,12 +360,7 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
                 }
             }
             b'E' => {
-                let text = String::from_utf8_lossy(&msg[1..]).into_owned();
-                let (code, message) = text
-                    .split_once('\t')
-                    .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
-                    .unwrap_or((error::EXIT_RUNTIME, text));
-                failure.get_or_insert((code, message));
+                failure.get_or_insert(parse_failure(&msg[1..]));
             }
             _ => {}
         }
@@ -568,12 +571,7 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
                 debug!("the container process is pid {init_pid} on the host");
             }
             b'E' => {
-                let text = String::from_utf8_lossy(&msg[1..]).into_owned();
-                let (code, message) = text
-                    .split_once('\t')
-                    .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
-                    .unwrap_or((error::EXIT_RUNTIME, text));
-                failure.get_or_insert((code, message));
+                failure.get_or_insert(parse_failure(&msg[1..]));
             }
             _ => {}
         }

@@ -219,8 +219,8 @@ pub fn cwd_reaches_root() -> bool {
     false
 }
 
-/// The permitted capability set of this thread.
-pub fn permitted_caps() -> SysResult<u64> {
+/// This thread's capability sets (capget, version 3).
+fn capget() -> SysResult<(CapHeader, [CapData; 2])> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -234,24 +234,18 @@ pub fn permitted_caps() -> SysResult<u64> {
             data.as_mut_ptr(),
         )
     })?;
+    Ok((header, data))
+}
+
+/// The permitted capability set of this thread.
+pub fn permitted_caps() -> SysResult<u64> {
+    let (_, data) = capget()?;
     Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
 }
 
 /// Empties the inheritable capability set (keeps effective and permitted).
 pub fn clear_inheritable_caps() -> SysResult<()> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: header and a two-element data array as capget(2) expects for version 3.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    })?;
+    let (mut header, mut data) = capget()?;
     for d in &mut data {
         d.inheritable = 0;
     }

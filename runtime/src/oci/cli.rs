@@ -5,10 +5,9 @@ use super::bundle;
 use super::container::{Container, Status};
 use crate::error::{ConfigError, Error, ProcessError};
 use crate::process::{self, CreateOptions};
-use crate::{sys, tty};
+use crate::sys;
 use log::{debug, info};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -304,32 +303,7 @@ pub fn run(a: &CreateArgs, detach: bool) -> Result<i32, Error> {
     if detach {
         return Ok(0);
     }
-    let pid = Pid::from_raw(c.saved.pid);
-    std::thread::spawn(move || {
-        while let Ok(info) = sys::wait_signal(&forwarded) {
-            let _ = nix::sys::signal::kill(pid, info.signal);
-        }
-    });
-    let mut relay = None;
-    let raw = console.map(|m| {
-        let master = std::sync::Arc::new(std::fs::File::from(m));
-        let raw = tty::RawMode::enter();
-        let _ = sys::copy_window_size(&std::io::stdin(), &*master);
-        relay = tty::Relay::start(master).ok();
-        raw
-    });
-    let code = loop {
-        match nix::sys::wait::waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(p, code)) if p == pid => break code,
-            Ok(WaitStatus::Signaled(p, s, _)) if p == pid => break 128 + s as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break crate::error::EXIT_RUNTIME,
-        }
-    };
-    if let Some(r) = relay {
-        r.finish(std::time::Duration::from_secs(2));
-    }
-    drop(raw);
+    let code = super::wait_foreground(Pid::from_raw(c.saved.pid), forwarded, console);
     let post = hooks_of(&c, |h| h.poststop());
     let state = state_bytes(&c);
     c.delete(true)?;

@@ -24,7 +24,6 @@ use log::debug;
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::signal::SigSet;
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -218,12 +217,7 @@ pub fn exec(a: &ExecArgs) -> Result<i32, Error> {
                 (None, _) => {}
             },
             b'E' => {
-                let text = String::from_utf8_lossy(&msg[1..]).into_owned();
-                let (code, message) = text
-                    .split_once('\t')
-                    .and_then(|(c, m)| Some((c.parse().ok()?, m.to_string())))
-                    .unwrap_or((error::EXIT_RUNTIME, text));
-                failure.get_or_insert((code, message));
+                failure.get_or_insert(crate::process::parse_failure(&msg[1..]));
             }
             _ => {}
         }
@@ -253,33 +247,11 @@ pub fn exec(a: &ExecArgs) -> Result<i32, Error> {
     if a.detach {
         return Ok(0);
     }
-    let target = Pid::from_raw(pid);
-    std::thread::spawn(move || {
-        while let Ok(info) = sys::wait_signal(&forwarded) {
-            let _ = nix::sys::signal::kill(target, info.signal);
-        }
-    });
-    let mut relay = None;
-    let raw = console.map(|m| {
-        let master = std::sync::Arc::new(std::fs::File::from(m));
-        let raw = tty::RawMode::enter();
-        let _ = sys::copy_window_size(&std::io::stdin(), &*master);
-        relay = tty::Relay::start(master).ok();
-        raw
-    });
-    let code = loop {
-        match nix::sys::wait::waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(p, code)) if p == target => break code,
-            Ok(WaitStatus::Signaled(p, s, _)) if p == target => break 128 + s as i32,
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => break error::EXIT_RUNTIME,
-        }
-    };
-    if let Some(r) = relay {
-        r.finish(std::time::Duration::from_secs(2));
-    }
-    drop(raw);
-    Ok(code)
+    Ok(super::wait_foreground(
+        Pid::from_raw(pid),
+        forwarded,
+        console,
+    ))
 }
 
 /// The joiner: cgroups, namespaces, then the process (forked: a pid namespace applies to
