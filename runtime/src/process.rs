@@ -145,6 +145,28 @@ impl Channel {
     }
 }
 
+/// Answers "U": "M" when the maps are written, "X" (abort) and the failure when not.
+fn answer_maps(chan: &Channel, r: Result<(), impl std::fmt::Display>) -> Option<(i32, String)> {
+    match r {
+        Ok(()) => {
+            let _ = chan.send(b"M");
+            None
+        }
+        Err(e) => {
+            let _ = chan.send(b"X");
+            Some((error::EXIT_RUNTIME, e.to_string()))
+        }
+    }
+}
+
+/// The pid of an `I<pid>` message (without its `I`); 0 when it is not one.
+pub(crate) fn parse_pid(body: &[u8]) -> i32 {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The code and message of an `E<code>\t<message>` message (without its `E`).
 pub(crate) fn parse_failure(body: &[u8]) -> (i32, String) {
     let text = String::from_utf8_lossy(body).into_owned();
@@ -335,21 +357,12 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
                     .as_ref()
                     .map(|m| m.apply(pid.as_raw()))
                     .unwrap_or(Ok(()));
-                match r {
-                    Ok(()) => {
-                        let _ = parent_end.send(b"M");
-                    }
-                    Err(e) => {
-                        failure.get_or_insert((error::EXIT_RUNTIME, e.to_string()));
-                        let _ = parent_end.send(b"X");
-                    }
+                if let Some(f) = answer_maps(&parent_end, r) {
+                    failure.get_or_insert(f);
                 }
             }
             b'I' => {
-                let p: i32 = std::str::from_utf8(&msg[1..])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let p = parse_pid(&msg[1..]);
                 debug!("init is pid {p} on the host");
                 init_pid.store(p, Ordering::SeqCst);
                 let sig = pending.swap(0, Ordering::SeqCst);
@@ -553,21 +566,12 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
                 } else {
                     crate::idmap::write_maps(pid.as_raw(), &oci.uid_map, &oci.gid_map)
                 };
-                match r {
-                    Ok(()) => {
-                        let _ = parent_end.send(b"M");
-                    }
-                    Err(e) => {
-                        failure.get_or_insert((error::EXIT_RUNTIME, e.to_string()));
-                        let _ = parent_end.send(b"X");
-                    }
+                if let Some(f) = answer_maps(&parent_end, r) {
+                    failure.get_or_insert(f);
                 }
             }
             b'I' => {
-                init_pid = std::str::from_utf8(&msg[1..])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                init_pid = parse_pid(&msg[1..]);
                 debug!("the container process is pid {init_pid} on the host");
             }
             b'E' => {

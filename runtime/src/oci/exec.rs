@@ -198,10 +198,7 @@ pub fn exec(a: &ExecArgs) -> Result<i32, Error> {
         };
         match msg[0] {
             b'I' => {
-                pid = std::str::from_utf8(&msg[1..])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                pid = crate::process::parse_pid(&msg[1..]);
                 debug!("exec: the process is pid {pid} on the host");
             }
             b'T' => match (fd, &a.console_socket) {
