@@ -25,11 +25,12 @@ pub fn strata_bin() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// One runner's times, seconds.
+/// One runner's times, seconds: interleaved with the others, and in blocks of its own.
 pub struct Row {
     pub label: String,
     pub command: String,
     pub times: Vec<f64>,
+    pub block_times: Vec<f64>,
 }
 
 pub struct Results {
@@ -204,6 +205,7 @@ pub fn run(work: &Path, runs: usize) -> Result<Results> {
                 args.join(" ").replace(&work.display().to_string(), "…")
             ),
             times: Vec::new(),
+            block_times: Vec::new(),
         })
         .collect();
     let mut failed = vec![false; candidates.len()];
@@ -218,6 +220,16 @@ pub fn run(work: &Path, runs: usize) -> Result<Results> {
                     &candidates,
                     &stratafs,
                     runs,
+                    Order::Interleaved,
+                    &mut rows,
+                    &mut failed,
+                    &mut notes,
+                )?;
+                measure(
+                    &candidates,
+                    &stratafs,
+                    runs,
+                    Order::Blocks,
                     &mut rows,
                     &mut failed,
                     &mut notes,
@@ -261,19 +273,43 @@ fn hide_cgroup2_unified() -> bool {
     private.is_ok() && umount2(unified, MntFlags::MNT_DETACH).is_ok()
 }
 
-/// Runs every candidate `runs` times, interleaved, recording times or the first failure.
+/// How the runs of the candidates are ordered.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    /// One run of each in turn (the order rotating): drift hits every runner alike.
+    Interleaved,
+    /// Three rounds of a block of consecutive runs per runner (a third of `runs` each, after
+    /// three unrecorded ones), as hyperfine measures: what one runner leaves behind (a v1
+    /// cgroup migration's RCU grace period, a daemon exiting) falls on itself.
+    Blocks,
+}
+
+/// Runs every candidate `runs` times in `order`, recording times (`times` or `block_times`)
+/// or the first failure.
 fn measure(
     candidates: &[(String, PathBuf, Vec<String>)],
     stratafs: &Option<PathBuf>,
     runs: usize,
+    order: Order,
     rows: &mut [Row],
     failed: &mut [bool],
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let mut id = 0;
-    for rep in 0..runs {
-        for k in 0..candidates.len() {
-            let i = (k + rep) % candidates.len();
+    let n = candidates.len();
+    let schedule: Vec<(usize, bool)> = match order {
+        Order::Interleaved => (0..runs)
+            .flat_map(|rep| (0..n).map(move |k| ((k + rep) % n, true)))
+            .collect(),
+        Order::Blocks => {
+            let per = runs.div_ceil(3).max(1);
+            (0..3)
+                .flat_map(|_| (0..n).flat_map(move |i| (0..per + 3).map(move |j| (i, j >= 3))))
+                .collect()
+        }
+    };
+    let mut id = order as usize * 1_000_000;
+    for (i, record) in schedule {
+        {
             if failed[i] {
                 continue;
             }
@@ -296,7 +332,14 @@ fn measure(
             let out = cmd.output();
             let t = start.elapsed().as_secs_f64();
             match out {
-                Ok(o) if o.status.success() => rows[i].times.push(t),
+                Ok(o) if o.status.success() => {
+                    if record {
+                        match order {
+                            Order::Interleaved => rows[i].times.push(t),
+                            Order::Blocks => rows[i].block_times.push(t),
+                        }
+                    }
+                }
                 Ok(o) => {
                     failed[i] = true;
                     notes.push(format!(
@@ -320,32 +363,41 @@ impl Results {
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "{BEGIN}\n## Runtime start-up\n\n`/bin/true` in a container over a two-layer busybox stack, {} runs each, \
-             interleaved; ratio to `crun run` (`runc run` if crun failed). crun, runc and bwrap get the two layers already mounted (a \
+             interleaved, then again in blocks (three rounds of a block per runner); ratio to `crun run` (`runc run` if crun failed). crun, runc and bwrap get the two layers already mounted (a \
              read-only kernel overlay); strata mounts its stack itself (kernel overlay or stratafs) within the time.\n\n",
             self.runs
         );
         // The reference: crun, else runc.
-        let (base_label, base) = ["crun run", "runc run"]
-            .iter()
-            .find_map(|l| {
+        let reference = |times: fn(&Row) -> &Vec<f64>| {
+            ["crun run", "runc run"].iter().find_map(|l| {
                 let r = self.rows.iter().find(|r| r.label == *l)?;
-                Some((*l, median(&r.times)?))
+                Some((*l, median(times(r))?))
             })
-            .map(|(l, m)| (l, Some(m)))
-            .unwrap_or(("crun run", None));
+        };
+        let base = reference(|r| &r.times);
+        let block_base = reference(|r| &r.block_times);
+        let base_label = base.map(|(l, _)| l).unwrap_or("crun run");
         s += &format!(
-            "| runner | median | ratio to {base_label} | command |\n|---|---:|---:|---|\n"
+            "| runner | median | ratio to {base_label} | median, blocks | ratio, blocks | command |\n|---|---:|---:|---:|---:|---|\n"
         );
-        for r in &self.rows {
-            let m = median(&r.times);
+        let cells = |times: &Vec<f64>, base: Option<(&str, f64)>| {
+            let m = median(times);
             let ratio = match (m, base) {
-                (Some(m), Some(b)) if b > 0.0 => format!("{:.2}x", m / b),
+                (Some(m), Some((_, b))) if b > 0.0 => format!("{:.2}x", m / b),
                 _ => "–".into(),
             };
             let med = m
                 .map(|v| crate::workloads::Unit::Seconds.format(v))
                 .unwrap_or_else(|| "–".into());
-            s += &format!("| {} | {med} | {ratio} | `{}` |\n", r.label, r.command);
+            (med, ratio)
+        };
+        for r in &self.rows {
+            let (med, ratio) = cells(&r.times, base);
+            let (bmed, bratio) = cells(&r.block_times, block_base);
+            s += &format!(
+                "| {} | {med} | {ratio} | {bmed} | {bratio} | `{}` |\n",
+                r.label, r.command
+            );
         }
         for n in &self.notes {
             s += &format!("\n- {n}");
