@@ -559,6 +559,25 @@ impl Cgroup {
         }
     }
 
+    /// Whether this is a set of cgroup v1 directories (each move into one waits for an RCU
+    /// grace period: see [`attach`](Self::attach)).
+    pub fn is_v1(&self) -> bool {
+        matches!(self.kind, Kind::V1(_))
+    }
+
+    /// Moves process `pid` into the cgroup (from outside: the parent moves init while init
+    /// builds the root filesystem, so the grace period a v1 move waits for is not on the
+    /// start-up's critical path).
+    pub fn attach(&self, pid: i32) -> Result<(), CgroupError> {
+        let pid = pid.to_string();
+        match &self.kind {
+            Kind::V2 => write(&self.path.join("cgroup.procs"), &pid),
+            Kind::V1(dirs) => dirs
+                .iter()
+                .try_for_each(|(_, d)| write(&d.join("cgroup.procs"), &pid)),
+        }
+    }
+
     /// Moves the calling process into the cgroup.
     pub fn join(&self) -> Result<(), CgroupError> {
         match &self.kind {

@@ -12,6 +12,7 @@
 //!  │                      │ a. parent-death signal SIGKILL; setsid (out of the caller's
 //!  │                      │    session and process group); join the cgroup (write 0 to
 //!  │                      │    cgroup.procs), so all that follows is born inside it
+//!  │                      │    (cgroup v1: see below, the parent moves init instead)
 //!  │                      │ b. rootless: unshare(CLONE_NEWUSER), say "U"; the parent writes
 //!  │  4. "U": write the   │    the uid/gid maps (newuidmap/newgidmap or the one-line maps)
 //!  │     maps, answer "M" │    and answers "M"; become root in the namespace
@@ -47,6 +48,12 @@
 //! The three processes share a `SOCK_SEQPACKET` channel: `U`, `M`, `X` (abort), `I<pid>`, and
 //! `E<code>\t<message>` for a failure on the container side (a mount, a missing command...),
 //! which the parent prints as its one line and whose code it exits with.
+//!
+//! On cgroup v1 (hybrid hosts, or a v1 fallback) step 3a does not join: a move into a v1
+//! cgroup waits for an RCU grace period, most of a start-up there. The parent moves init
+//! instead when "I<pid>" comes, while init builds the root filesystem, and answers `C`; init
+//! waits for `C` before the command (so the command and all it forks are born inside) and
+//! only then creates the cgroup namespace, rooted at the container's cgroup as before.
 //!
 //! Nothing is left behind: the kernel overlay lives only in the container's mount namespace;
 //! every child has a parent-death signal (SIGKILL for the container side, SIGTERM for
@@ -230,6 +237,75 @@ struct Child<'a> {
     /// The OCI form: the command is pid 1 itself (no reaping init), outlives `strata create`
     /// and waits on `exec.fifo` (open O_PATH as this descriptor) until `strata start`.
     fifo_fd: Option<std::os::fd::RawFd>,
+    /// cgroup v1: the parent moves init into the cgroup ("C" when done) instead of the
+    /// intermediate joining it first; init waits for "C" before the command, and creates the
+    /// cgroup namespace then (`late_cgroup_ns`), rooted at the container's cgroup.
+    defer_join: bool,
+    late_cgroup_ns: bool,
+}
+
+impl Child<'_> {
+    /// On cgroup v1 (the grace period of a v1 move is most of a start-up there), moves the
+    /// cgroup join from the intermediate to the parent, and the cgroup namespace to init.
+    fn defer_cgroup_join(mut self) -> Self {
+        if self.cgroup.is_some_and(Cgroup::is_v1) && !self.cgroup2_in_container {
+            self.defer_join = true;
+            if self
+                .namespaces
+                .others
+                .contains(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            {
+                self.namespaces
+                    .others
+                    .remove(nix::sched::CloneFlags::CLONE_NEWCGROUP);
+                self.late_cgroup_ns = true;
+            }
+        }
+        self
+    }
+}
+
+/// The parent's answer to "I<pid>" when the join is deferred: init moved into the cgroup
+/// ("C"), or abort ("X") and the failure.
+fn attach_init(chan: &Channel, cgroup: Option<&Cgroup>, pid: i32) -> Option<(i32, String)> {
+    let r = match cgroup {
+        Some(cg) if pid > 0 => cg.attach(pid).map_err(|e| e.to_string()),
+        _ => Err("no cgroup or no pid for the container".to_string()),
+    };
+    match r {
+        Ok(()) => {
+            let _ = chan.send(b"C");
+            None
+        }
+        Err(e) => {
+            let _ = chan.send(b"X");
+            Some((error::EXIT_RUNTIME, e))
+        }
+    }
+}
+
+/// init, with the join deferred: waits until the parent has moved it into the cgroup, then
+/// creates the cgroup namespace (rooted there).
+fn await_cgroup(c: &Child, chan: &Channel) -> Result<(), i32> {
+    if !c.defer_join {
+        return Ok(());
+    }
+    match chan.recv() {
+        Ok(m) if m == b"C" => {}
+        _ => return Err(error::EXIT_RUNTIME),
+    }
+    if c.late_cgroup_ns {
+        if let Err(errno) = sys::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+            return Err(chan.fail(
+                error::EXIT_RUNTIME,
+                &crate::error::NamespaceError::Unshare {
+                    what: "cgroup".into(),
+                    errno,
+                },
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn new_id() -> String {
@@ -297,7 +373,11 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
         parent: nix::unistd::getpid(),
         lock_fd: ws.lock_fd(),
         fifo_fd: None,
-    };
+        defer_join: false,
+        late_cgroup_ns: false,
+    }
+    .defer_cgroup_join();
+    let defer_join = child.defer_join;
 
     // Still single-threaded here: the forwarding thread starts below, after the fork.
     let pid = match sys::fork().map_err(ProcessError::Fork)? {
@@ -364,6 +444,11 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
             b'I' => {
                 let p = parse_pid(&msg[1..]);
                 debug!("init is pid {p} on the host");
+                if defer_join {
+                    if let Some(f) = attach_init(&parent_end, res.cgroup.as_ref(), p) {
+                        failure.get_or_insert(f);
+                    }
+                }
                 init_pid.store(p, Ordering::SeqCst);
                 let sig = pending.swap(0, Ordering::SeqCst);
                 if p > 0 && sig > 0 {
@@ -516,7 +601,11 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
         parent: nix::unistd::getpid(),
         lock_fd: None,
         fifo_fd: Some(fifo.as_raw_fd()),
-    };
+        defer_join: false,
+        late_cgroup_ns: false,
+    }
+    .defer_cgroup_join();
+    let defer_join = child.defer_join;
     let pid = match sys::fork().map_err(ProcessError::Fork)? {
         sys::Fork::Child => {
             drop(parent_end);
@@ -573,6 +662,11 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
             b'I' => {
                 init_pid = parse_pid(&msg[1..]);
                 debug!("the container process is pid {init_pid} on the host");
+                if defer_join {
+                    if let Some(f) = attach_init(&parent_end, res.cgroup.as_ref(), init_pid) {
+                        failure.get_or_insert(f);
+                    }
+                }
             }
             b'E' => {
                 failure.get_or_insert(parse_failure(&msg[1..]));
@@ -670,8 +764,12 @@ fn intermediate(c: &Child, chan: &Channel) -> i32 {
             },
         );
     }
-    let origin = c.cgroup.map(Cgroup::origin).unwrap_or_default();
-    if let Some(cg) = c.cgroup {
+    let origin = c
+        .cgroup
+        .filter(|_| !c.defer_join)
+        .map(Cgroup::origin)
+        .unwrap_or_default();
+    if let Some(cg) = c.cgroup.filter(|_| !c.defer_join) {
         if let Err(e) = cg.join() {
             return chan.fail(error::EXIT_RUNTIME, &e);
         }
@@ -798,6 +896,9 @@ fn init(c: &Child, chan: &Channel, parent_alive: OwnedFd) -> i32 {
     };
     if let Err(e) = rootfs::setup(&spec) {
         return chan.fail(error::EXIT_RUNTIME, &e);
+    }
+    if let Err(code) = await_cgroup(c, chan) {
+        return code;
     }
     if c.fifo_fd.is_some() {
         // OCI: the command is pid 1 (as with runc and crun), so its status is the
