@@ -1131,18 +1131,17 @@ pub(crate) fn exec_command(
     let shown = name.to_string_lossy().into_owned();
     // OCI: a missing command fails at start, not create (runtime-tools' misc_props creates
     // bundles without one); the error then goes to the container's stderr.
-    let program = match find_program(name, path_env) {
-        Some(p) => p,
-        None if fifo_fd.is_some() => PathBuf::from(name),
-        None => return ProcessError::NotFound { command: shown }.into(),
-    };
+    let program = find_program(name, path_env);
+    if program.is_none() && fifo_fd.is_none() {
+        return ProcessError::NotFound { command: shown }.into();
+    }
     let bad = |_| {
         Error::Process(ProcessError::Exec {
             command: shown.clone(),
             errno: Errno::EINVAL,
         })
     };
-    let prog = match sys::cstring_of(program.as_os_str()) {
+    let prog = match program.map(|p| sys::cstring_of(p.as_os_str())).transpose() {
         Ok(p) => p,
         Err(e) => return bad(e),
     };
@@ -1178,6 +1177,9 @@ pub(crate) fn exec_command(
             return e;
         }
     }
+    let Some(prog) = prog else {
+        return ProcessError::NotFound { command: shown }.into();
+    };
     // Last: from here on only execve runs, under the filter.
     if cfg.no_new_privs {
         if let Err(e) = load_seccomp() {

@@ -479,6 +479,21 @@ fn bad_input_is_one_line_and_exit_2() {
     o.edit(|c| c["process"]["args"] = json!(["/no/such/cmd"]));
     o.run(&id).fails(127, "/no/such/cmd");
     o.assert_gone(&id, 0);
+    // A bare name found on no PATH directory is not taken from the working directory.
+    fs::write(o.bundle.join("rootfs/nosuchcmd"), "#!/bin/sh\necho RAN\n").unwrap();
+    fs::set_permissions(
+        o.bundle.join("rootfs/nosuchcmd"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    o.edit(|c| {
+        c["process"]["args"] = json!(["nosuchcmd"]);
+        c["process"]["cwd"] = json!("/");
+    });
+    let r = o.run(&id);
+    r.fails(127, "nosuchcmd");
+    assert!(!r.stdout.contains("RAN"), "{}", r.stdout);
+    o.assert_gone(&id, 0);
     // spec refuses to overwrite a config.json.
     o.strata(&["spec", "-b", o.bundle.to_str().unwrap()])
         .fails(2, "config.json");
