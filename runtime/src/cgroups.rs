@@ -175,6 +175,28 @@ fn inherit_cpuset(mount: &Path, place: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// The cpu quota (None: no limit) and period, microseconds, when either is asked for
+/// (`--cpus`, or an OCI bundle's quota or period).
+fn cpu_quota_period(l: &Limits) -> Option<(Option<u64>, u64)> {
+    let period = l.oci.cpu_period.unwrap_or(CPU_PERIOD);
+    let quota = l.cpus.map(|c| (c * period as f64).round() as u64);
+    (quota.is_some() || l.oci.cpu_period.is_some()).then_some((quota, period))
+}
+
+/// An OCI bundle's cpuset cpus and mems (the same files in v1 and v2).
+fn write_cpuset(dir: &Path, o: &crate::config::OciLimits) -> Result<(), CgroupError> {
+    for (file, v) in [
+        ("cpuset.cpus", &o.cpuset_cpus),
+        ("cpuset.mems", &o.cpuset_mems),
+    ] {
+        if let Some(v) = v {
+            write(&dir.join(file), v)?;
+            info!("cgroup: {file} = {v}");
+        }
+    }
+    Ok(())
+}
+
 /// Enables `controllers` in `dir/cgroup.subtree_control` (those not enabled yet).
 fn enable(dir: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
     let file = dir.join("cgroup.subtree_control");
@@ -346,25 +368,13 @@ impl Cgroup {
             info!("cgroup: memory.swap.max = {v}");
         }
         let o = &l.oci;
-        let period = o.cpu_period.unwrap_or(CPU_PERIOD);
-        if l.cpus.is_some() || o.cpu_period.is_some() {
-            let quota = l
-                .cpus
-                .map(|c| ((c * period as f64).round() as u64).to_string())
-                .unwrap_or_else(|| "max".into());
+        if let Some((quota, period)) = cpu_quota_period(l) {
+            let quota = quota.map_or_else(|| "max".to_string(), |q| q.to_string());
             let v = format!("{quota} {period}");
             write(&p.join("cpu.max"), &v)?;
             info!("cgroup: cpu.max = {v}");
         }
-        for (file, v) in [
-            ("cpuset.cpus", &o.cpuset_cpus),
-            ("cpuset.mems", &o.cpuset_mems),
-        ] {
-            if let Some(v) = v {
-                write(&p.join(file), v)?;
-                info!("cgroup: {file} = {v}");
-            }
-        }
+        write_cpuset(p, o)?;
         if let Some(r) = o.memory_reservation {
             write(&p.join("memory.low"), &r.to_string())?;
             info!("cgroup: memory.low = {r}");
@@ -491,13 +501,11 @@ impl Cgroup {
             }
         }
         if let Some(d) = self.v1_dir("cpu") {
-            let period = o.cpu_period.unwrap_or(CPU_PERIOD);
-            if l.cpus.is_some() || o.cpu_period.is_some() {
+            if let Some((quota, period)) = cpu_quota_period(l) {
                 write(&d.join("cpu.cfs_period_us"), &period.to_string())?;
-            }
-            if let Some(c) = l.cpus {
-                let quota = (c * period as f64).round() as u64;
-                write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                if let Some(q) = quota {
+                    write(&d.join("cpu.cfs_quota_us"), &q.to_string())?;
+                }
             }
             // The period before the runtime: the kernel checks runtime <= period.
             if let Some(p) = o.cpu_rt_period {
@@ -515,14 +523,7 @@ impl Cgroup {
             }
         }
         if let Some(d) = self.v1_dir("cpuset") {
-            for (file, v) in [
-                ("cpuset.cpus", &o.cpuset_cpus),
-                ("cpuset.mems", &o.cpuset_mems),
-            ] {
-                if let Some(v) = v {
-                    write(&d.join(file), v)?;
-                }
-            }
+            write_cpuset(d, o)?;
         }
         if let Some(d) = self.v1_dir("pids") {
             if let Some(n) = l.pids {
@@ -569,23 +570,19 @@ impl Cgroup {
     /// builds the root filesystem, so the grace period a v1 move waits for is not on the
     /// start-up's critical path).
     pub fn attach(&self, pid: i32) -> Result<(), CgroupError> {
-        let pid = pid.to_string();
-        match &self.kind {
-            Kind::V2 => write(&self.path.join("cgroup.procs"), &pid),
-            Kind::V1(dirs) => dirs
-                .iter()
-                .try_for_each(|(_, d)| write(&d.join("cgroup.procs"), &pid)),
-        }
+        self.write_procs(&pid.to_string())
     }
 
     /// Moves the calling process into the cgroup.
     pub fn join(&self) -> Result<(), CgroupError> {
-        match &self.kind {
-            Kind::V2 => write(&self.path.join("cgroup.procs"), "0"),
-            Kind::V1(dirs) => dirs
-                .iter()
-                .try_for_each(|(_, d)| write(&d.join("cgroup.procs"), "0")),
-        }
+        self.write_procs("0")
+    }
+
+    /// Writes `pid` to `cgroup.procs` of every directory of the cgroup.
+    fn write_procs(&self, pid: &str) -> Result<(), CgroupError> {
+        self.paths()
+            .iter()
+            .try_for_each(|d| write(&d.join("cgroup.procs"), pid))
     }
 
     /// The `cgroup.procs` files of the calling process's current cgroups (one per hierarchy in

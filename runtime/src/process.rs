@@ -152,11 +152,16 @@ impl Channel {
     }
 }
 
-/// Answers "U": "M" when the maps are written, "X" (abort) and the failure when not.
-fn answer_maps(chan: &Channel, r: Result<(), impl std::fmt::Display>) -> Option<(i32, String)> {
+/// Answers a request of the container side: `ok` ("M": the maps are written, "C": init is
+/// in the cgroup) when `r` is, "X" (abort) and the failure when not.
+fn answer(
+    chan: &Channel,
+    ok: &[u8],
+    r: Result<(), impl std::fmt::Display>,
+) -> Option<(i32, String)> {
     match r {
         Ok(()) => {
-            let _ = chan.send(b"M");
+            let _ = chan.send(ok);
             None
         }
         Err(e) => {
@@ -272,16 +277,7 @@ fn attach_init(chan: &Channel, cgroup: Option<&Cgroup>, pid: i32) -> Option<(i32
         Some(cg) if pid > 0 => cg.attach(pid).map_err(|e| e.to_string()),
         _ => Err("no cgroup or no pid for the container".to_string()),
     };
-    match r {
-        Ok(()) => {
-            let _ = chan.send(b"C");
-            None
-        }
-        Err(e) => {
-            let _ = chan.send(b"X");
-            Some((error::EXIT_RUNTIME, e))
-        }
-    }
+    answer(chan, b"C", r)
 }
 
 /// init, with the join deferred: waits until the parent has moved it into the cgroup, then
@@ -437,7 +433,7 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
                     .as_ref()
                     .map(|m| m.apply(pid.as_raw()))
                     .unwrap_or(Ok(()));
-                if let Some(f) = answer_maps(&parent_end, r) {
+                if let Some(f) = answer(&parent_end, b"M", r) {
                     failure.get_or_insert(f);
                 }
             }
@@ -655,7 +651,7 @@ pub fn create(cfg: &Config, opts: &CreateOptions) -> Result<Created, Error> {
                 } else {
                     crate::idmap::write_maps(pid.as_raw(), &oci.uid_map, &oci.gid_map)
                 };
-                if let Some(f) = answer_maps(&parent_end, r) {
+                if let Some(f) = answer(&parent_end, b"M", r) {
                     failure.get_or_insert(f);
                 }
             }
@@ -1054,7 +1050,11 @@ pub(crate) fn exec_command(
         }
     }
     let oci_caps = cfg.oci.as_ref().map(|o| o.caps);
-    let had = sys::permitted_caps().unwrap_or(u64::MAX);
+    // Before the switch, which empties the permitted set of a non-root user.
+    let had = match oci_caps {
+        Some(_) => sys::permitted_caps().unwrap_or(u64::MAX),
+        None => u64::MAX,
+    };
     if oci_caps.is_some() {
         if let Err(e) = sys::set_keep_caps(true) {
             return setup("keeping capabilities across the user switch")(e);

@@ -220,7 +220,7 @@ pub fn cwd_reaches_root() -> bool {
 }
 
 /// This thread's capability sets (capget, version 3).
-fn capget() -> SysResult<(CapHeader, [CapData; 2])> {
+fn capget() -> SysResult<[CapData; 2]> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -234,30 +234,28 @@ fn capget() -> SysResult<(CapHeader, [CapData; 2])> {
             data.as_mut_ptr(),
         )
     })?;
-    Ok((header, data))
+    Ok(data)
+}
+
+/// One set of capget's two words as a mask (bit N: capability N).
+fn cap_mask(data: &[CapData; 2], set: fn(&CapData) -> u32) -> u64 {
+    u64::from(set(&data[0])) | (u64::from(set(&data[1])) << 32)
 }
 
 /// The permitted capability set of this thread.
 pub fn permitted_caps() -> SysResult<u64> {
-    let (_, data) = capget()?;
-    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+    let data = capget()?;
+    Ok(cap_mask(&data, |d| d.permitted))
 }
 
 /// Empties the inheritable capability set (keeps effective and permitted).
 pub fn clear_inheritable_caps() -> SysResult<()> {
-    let (mut header, mut data) = capget()?;
-    for d in &mut data {
-        d.inheritable = 0;
-    }
-    // SAFETY: as above, for capset(2).
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    })?;
-    Ok(())
+    let data = capget()?;
+    set_caps(
+        cap_mask(&data, |d| d.effective),
+        cap_mask(&data, |d| d.permitted),
+        0,
+    )
 }
 
 /// Highest capability number the kernel knows.

@@ -83,13 +83,12 @@ pub fn load(bundle: &Path) -> Result<Spec, ConfigError> {
     })?;
     // The spec's valid-values rule: a version this runtime does not read is an error.
     let v = spec.version();
-    let mut parts = v.split('.');
-    let major_ok = parts.next() == Some("1");
-    let rest_ok = parts.all(|p| {
+    let number = |p: &str| {
         let digits = p.split(['-', '+']).next().unwrap_or("");
         !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-    });
-    if !major_ok || !rest_ok || v.split('.').count() < 2 {
+    };
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() < 2 || parts[0] != "1" || !parts[1..].iter().all(|p| number(p)) {
         return Err(ConfigError::Path {
             what: "bundle config",
             path: file,

@@ -126,6 +126,16 @@ fn now_rfc3339() -> String {
     )
 }
 
+/// Waits up to 100 ms for `file` (non-blocking) to be readable, then reads it.
+fn read_within(file: &fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(file),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+    io::Read::read(&mut &*file, buf)
+}
+
 impl Container {
     fn state_file(dir: &Path) -> PathBuf {
         dir.join("state.json")
@@ -275,13 +285,8 @@ impl Container {
         // process lives.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&file),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 1];
-            if let Ok(1) = io::Read::read(&mut &file, &mut b) {
+            if let Ok(1) = read_within(&file, &mut b) {
                 break;
             }
             if !self.alive() {
@@ -304,13 +309,8 @@ impl Container {
         // runs next (poststart hooks) comes after the user's process is executed.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&file),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 16];
-            match io::Read::read(&mut &file, &mut b) {
+            match read_within(&file, &mut b) {
                 Ok(0) => break,
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => break,
                 _ => {}
